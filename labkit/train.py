@@ -1,0 +1,248 @@
+"""The one training path: epochs, runs, metrics, checkpoints and metrics.json."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import PROJECT_ROOT, TrainConfig
+from .data import MNIST_SHA256, load_mnist
+from .models import build_model
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # of the training pixels scaled to [0, 1]
+_TINY = torch.finfo(torch.float32).tiny  # smallest normal fp32
+
+# Subnormal floats make CPU matrix multiplies ~100x slower. The report's recipe (raw 0-255
+# pixels) saturates its softmax, so its logit gradients fill with subnormals. Flush-to-zero
+# here covers threads started after this import; the logits hook in train_run covers the rest.
+torch.set_flush_denormal(True)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" -> CUDA when present, else CPU; "cuda" without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def git_commit() -> str:
+    """HEAD of the project checkout, with '-dirty' if it has changes; 'unknown' outside git."""
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        head = run("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return "unknown"
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(device: torch.device | str = "cpu") -> dict:
+    """Where a result came from: commit, versions, data checksums, device, time."""
+    return {
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "data_sha256": dict(MNIST_SHA256),  # verified on every load_mnist
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name() if str(device).startswith("cuda") else platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def mnist_tensors(limit_train: int | None = None, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """MNIST as uint8 image tensors (N, 1, 28, 28) and int64 labels on `device`."""
+    out = {}
+    for split in ("train", "test"):
+        images, labels = load_mnist(split)
+        if split == "train" and limit_train is not None:
+            if not 0 < limit_train <= len(images):
+                raise ValueError(f"limit_train must be in 1..{len(images)}, got {limit_train}")
+            images, labels = images[:limit_train], labels[:limit_train]
+        out[f"x_{split}"] = torch.tensor(images).unsqueeze(1).to(device)  # (N, 1, 28, 28) uint8
+        out[f"y_{split}"] = torch.tensor(labels, dtype=torch.long).to(device)
+    return out
+
+
+def to_input(x_uint8: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """uint8 pixels -> the float input a model expects (raw 0-255, or MNIST-normalised)."""
+    x = x_uint8.float()
+    return (x / 255 - MNIST_MEAN) / MNIST_STD if normalize else x
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, degrees=10.0, scale=0.1, shift=2.0) -> torch.Tensor:
+    """Random rotation, scaling and shift of each digit (bilinear), background-preserving."""
+    b = x.shape[0]
+    r = lambda: torch.rand(b, generator=gen, device=gen.device) * 2 - 1  # uniform in [-1, 1]
+    angle = r() * math.radians(degrees)
+    s = 1 + r() * scale
+    tx, ty = r() * shift * 2 / 28, r() * shift * 2 / 28
+    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(x)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    bg = x.amin()  # the normalised value of a 0 pixel
+    return F.grid_sample(x - bg, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + bg
+
+
+@torch.no_grad()
+def evaluate(model, x_uint8, y, cfg: TrainConfig) -> dict:
+    """Loss and accuracy over all of (x, y), plus the per-sample losses and predictions."""
+    model.eval()
+    losses, preds = [], []
+    for i in range(0, len(x_uint8), cfg.eval_batch):
+        logits = model(to_input(x_uint8[i:i + cfg.eval_batch], cfg.normalize))
+        losses.append(F.cross_entropy(logits, y[i:i + cfg.eval_batch], reduction="none"))
+        preds.append(logits.argmax(1))
+    loss, pred = torch.cat(losses), torch.cat(preds)
+    return {"loss": loss.mean().item(), "acc": (pred == y).float().mean().item(), "losses": loss, "pred": pred}
+
+
+def report_test_counting(ev: dict, y: torch.Tensor) -> dict:
+    """What the report's test loop printed: batches of 64, first 11 samples each, last batch's loss."""
+    idx = torch.arange(len(y), device=y.device)
+    counted = (idx % 64) < 11  # its `if i > outputs.shape[1]: break` stops after i = 10
+    last = len(y) - (len(y) % 64 or 64)
+    return {"test_acc": (ev["pred"] == y)[counted].float().mean().item(),
+            "test_loss": ev["losses"][last:].mean().item()}
+
+
+def _flush_subnormal(grad: torch.Tensor) -> torch.Tensor:
+    return grad.masked_fill(grad.abs() < _TINY, 0.0)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_json(path: Path, obj) -> None:
+    """Write JSON atomically: a run killed mid-write leaves the previous file intact."""
+    _atomic_write(Path(path), lambda p: p.write_text(json.dumps(obj, indent=1)))
+
+
+def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | None = None,
+              on_epoch=None, progress=None) -> dict:
+    """Train one run of `cfg`; returns {seed, epochs: [...], ...}. Numbers depend only on cfg."""
+    device = resolve_device(cfg.device)
+    data = data if data is not None else mnist_tensors(cfg.limit_train, device)
+    x_train, y_train, x_test, y_test = data["x_train"], data["y_train"], data["x_test"], data["y_test"]
+    n = len(x_train)
+    torch.manual_seed(cfg.seed)  # as the report: seeds initialisation and the shuffle
+    model = build_model(cfg.model).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    steps = math.ceil(n / cfg.batch_size)
+    sched = None
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
+                                                    pct_start=0.25, div_factor=10, final_div_factor=100)
+    elif cfg.schedule != "constant":
+        raise ValueError(f"schedule must be 'constant' or 'onecycle', not {cfg.schedule!r}")
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003) if cfg.augment else None
+    result = {"seed": cfg.seed, "epochs": []}
+    for epoch in range(1, cfg.epochs + 1):
+        # The shuffle exactly as the report's DataLoader(shuffle=True) draws it, so seed 1 replays
+        # its batch order: the iterator's base seed, then the sampler's seed for a fresh randperm.
+        torch.empty((), dtype=torch.int64).random_()
+        shuffle_seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed)).to(device)
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        rep_correct = torch.zeros((), dtype=torch.long, device=device)  # the report's first-11 count
+        rep_counted = 0
+        batch_mean_sum = torch.zeros((), device=device)  # the report's running_loss
+        t0 = time.perf_counter()
+        for b in range(steps):
+            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            x = to_input(x_train[idx], cfg.normalize)  # (B, 1, 28, 28)
+            y = y_train[idx]
+            if aug_gen is not None:
+                x = augment(x, aug_gen)
+            logits = model(x)  # (B, 10)
+            if logits.requires_grad and device.type == "cpu":
+                logits.register_hook(_flush_subnormal)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            with torch.no_grad():
+                hit = logits.argmax(1) == y
+                loss_sum += loss.detach() * len(y)
+                batch_mean_sum += loss.detach()
+                correct += hit.sum()
+                rep_correct += hit[:11].sum()
+                rep_counted += min(11, len(y))
+            if progress is not None:
+                progress.batch(epoch, b + 1, steps)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        ev = evaluate(model, x_test, y_test, cfg)
+        rep = report_test_counting(ev, y_test)
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum.item() / n,
+            "train_acc": correct.item() / n,
+            "test_loss": ev["loss"],
+            "test_acc": ev["acc"],
+            "seconds": round(seconds, 4),
+            "report_counting": {  # what the report's code would have printed for this epoch
+                "train_acc": rep_correct.item() / rep_counted,
+                "train_loss": batch_mean_sum.item() / 128,  # its running_loss / BATCH_SIZE
+                **rep,
+            },
+        }
+        result["epochs"].append(row)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, cfg, result)
+        if on_epoch is not None:
+            on_epoch(result, row)
+        if progress is not None:
+            progress.epoch_done(row)
+    result["final_model"] = model
+    return result
+
+
+def save_checkpoint(path: Path, model, cfg: TrainConfig, result: dict) -> None:
+    """State dict with the config and metrics that produced it, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": cfg.model,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": cfg.to_dict(),
+        "metrics": {k: v for k, v in result.items() if k != "final_model"},
+        "provenance": provenance(resolve_device(cfg.device)),
+    }
+    _atomic_write(path, lambda p: torch.save(payload, p))
+
+
+def load_checkpoint(path, device="cpu"):
+    """(model in eval mode, checkpoint dict) from a file save_checkpoint wrote."""
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = build_model(ckpt["model"]).to(device)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt
