@@ -57,7 +57,7 @@ def provenance(device: torch.device | str = "cpu") -> dict:
     return {
         "git_commit": git_commit(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "numpy": np.__version__,
         "data_sha256": dict(MNIST_SHA256),  # verified on every load_mnist
         "device": str(device),
@@ -246,3 +246,93 @@ def load_checkpoint(path, device="cpu"):
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, ckpt
+
+
+def _comparable(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in ("seed", "device")}
+
+
+def train_runs(cfg: TrainConfig, runs: int = 1, out_dir=None, resume: bool = True, progress=None,
+               keep_models: bool = False) -> dict:
+    """Train runs with seeds cfg.seed, cfg.seed+1, ...; metrics.json is rewritten after every epoch.
+
+    With `resume`, runs already finished in out_dir/metrics.json under the same config are kept
+    instead of retrained; a run cut off halfway is trained again from its start.
+    """
+    from .progress import Progress
+
+    device = resolve_device(cfg.device)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    metrics = {"config": cfg.to_dict(), "runs_requested": runs, "provenance": provenance(device), "runs": []}
+    done: dict[int, dict] = {}
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        old_path = out_dir / "metrics.json"
+        if resume and old_path.exists():
+            try:
+                old = json.loads(old_path.read_text())
+            except json.JSONDecodeError:
+                old = {}
+            if _comparable(old.get("config", {})) == _comparable(cfg.to_dict()):
+                done = {r["seed"]: r for r in old.get("runs", [])
+                        if len(r["epochs"]) == cfg.epochs and (out_dir / f"run-seed{r['seed']}.pt").exists()}
+    progress = progress if progress is not None else Progress(runs, cfg.epochs)
+    data = mnist_tensors(cfg.limit_train, device)
+    models = []
+    for i in range(runs):
+        seed = cfg.seed + i
+        if seed in done:
+            metrics["runs"].append(done[seed])
+            print(f"run {i + 1}/{runs} (seed {seed}): finished earlier, loaded from {out_dir.name}/metrics.json")
+            if keep_models:
+                models.append(load_checkpoint(out_dir / f"run-seed{seed}.pt", device)[0])
+            continue
+        run_cfg = cfg.replace(seed=seed)
+        metrics["runs"].append({"seed": seed, "epochs": []})
+
+        def on_epoch(result, row, _slot=len(metrics["runs"]) - 1):
+            metrics["runs"][_slot] = {k: v for k, v in result.items() if k != "final_model"}
+            if out_dir is not None:
+                save_json(out_dir / "metrics.json", metrics)
+
+        progress.start_run(i, seed)
+        ckpt = out_dir / f"run-seed{seed}.pt" if out_dir is not None else None
+        result = train_run(run_cfg, data=data, checkpoint=ckpt, on_epoch=on_epoch, progress=progress)
+        if keep_models:
+            models.append(result["final_model"])
+    if keep_models:
+        metrics["models"] = models
+    return metrics
+
+
+def accuracy_stats(values) -> dict:
+    """best, worst, mean and sample standard deviation (n-1) of a list of accuracies."""
+    v = np.asarray(values, dtype=float)
+    return {"best": v.max(), "worst": v.min(), "mean": v.mean(),
+            "std": v.std(ddof=1) if len(v) > 1 else float("nan"), "n": len(v)}
+
+
+def summarize(metrics: dict) -> dict:
+    """The report's table from final epochs: {"train": stats, "test": stats}."""
+    finals = [r["epochs"][-1] for r in metrics["runs"] if r["epochs"]]
+    return {split: accuracy_stats([f[f"{split}_acc"] for f in finals]) for split in ("train", "test")}
+
+
+def format_table(metrics: dict, report: dict | None = None) -> str:
+    """Per-run final numbers, then best/worst/mean/std rows (with the report's beside them)."""
+    lines = [f"{'seed':>6} {'train acc':>10} {'test acc':>10} {'s/epoch':>8}"]
+    for r in metrics["runs"]:
+        if r["epochs"]:
+            f = r["epochs"][-1]
+            sec = np.median([e["seconds"] for e in r["epochs"]])
+            lines.append(f"{r['seed']:>6} {f['train_acc']:>10.4f} {f['test_acc']:>10.4f} {sec:>8.2f}")
+    stats = summarize(metrics)
+    lines.append("")
+    lines.append(f"{'':<22} {'best':>8} {'worst':>8} {'mean':>9} {'std (n-1)':>10}")
+    for split, name in (("train", "Training accuracy"), ("test", "Test accuracy")):
+        s = stats[split]
+        lines.append(f"{name:<22} {s['best']:>8.4f} {s['worst']:>8.4f} {s['mean']:>9.5f} {s['std']:>10.6f}")
+        if report:
+            r = report[split]
+            lines.append(f"{'  the report':<22} {r['best']:>8.4f} {r['worst']:>8.4f} {r['mean']:>9.5f} {r['std']:>10.6f}")
+    return "\n".join(lines)

@@ -1,0 +1,29 @@
+# Two commands do everything on a fresh machine: `make test` and `make report`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PARAMS ?= params/full.yaml
+# The CPU build of torch is enough for everything here; override e.g. TORCH=torch for a CUDA one.
+TORCH ?= torch==2.13.0
+
+.PHONY: install test test-unit test-notebooks report benchmark clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+# Unit tests, then every notebook at its cheap defaults under nbval.
+test: install
+	$(PY) -m pytest --nbval-lax --nbval-current-env tests notebooks
+
+report: install
+	$(VENV)/bin/labkit report -f $(PARAMS)
+
+benchmark: install
+	$(PY) benchmarks/train_speed.py
+
+clean:
+	rm -rf $(VENV) outputs/report-* outputs/train-*

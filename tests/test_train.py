@@ -1,0 +1,157 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from labkit.cli import main as cli_main
+from labkit.config import recipe
+from labkit.models import SeedCNN, build_model
+from labkit.progress import Progress
+from labkit.train import load_checkpoint, summarize, train_run, train_runs
+
+
+def reference_loop(cfg, data):
+    """A plain loop as one would write it from the report: DataLoader, the report's forward."""
+    torch.manual_seed(cfg.seed)
+    model = SeedCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    loader = DataLoader(TensorDataset(data["x_train"].float(), data["y_train"]), batch_size=cfg.batch_size, shuffle=True)
+    rows = []
+    for _ in range(cfg.epochs):
+        loss_sum, correct, n = 0.0, 0, 0
+        for xb, yb in loader:
+            out = model.forward_reference(xb)
+            loss = F.cross_entropy(out, yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(yb)
+            correct += (out.argmax(1) == yb).sum().item()
+            n += len(yb)
+        with torch.no_grad():
+            out = model.forward_reference(data["x_test"].float())
+            test_loss = F.cross_entropy(out, data["y_test"]).item()
+            test_acc = (out.argmax(1) == data["y_test"]).float().mean().item()
+        rows.append({"train_loss": loss_sum / n, "train_acc": correct / n, "test_loss": test_loss, "test_acc": test_acc})
+    return rows, model
+
+
+def test_fast_path_matches_reference_loop(small_data):
+    cfg = recipe("seed", epochs=2, limit_train=2000, device="cpu")
+    ref_rows, ref_model = reference_loop(cfg, small_data)
+    result = train_run(cfg, data=small_data)
+    for ours, ref in zip(result["epochs"], ref_rows):
+        assert ours["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-3)
+        assert ours["test_loss"] == pytest.approx(ref["test_loss"], rel=1e-3)
+        assert abs(ours["train_acc"] - ref["train_acc"]) <= 2 / 2000
+        assert abs(ours["test_acc"] - ref["test_acc"]) <= 2 / 10000
+    for a, b in zip(result["final_model"].parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item())
+
+
+def test_report_counting_equals_the_reports_own_loop(small_data):
+    """Same seed, same batches: the report's code counts exactly what train_run's report_counting says."""
+    import report_loop
+
+    torch.manual_seed(1)
+    model = report_loop.Net()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    loader = DataLoader(TensorDataset(small_data["x_train"].float(), small_data["y_train"]), batch_size=128, shuffle=True)
+    state = dict(model=model, loader_train=loader, criterion=torch.nn.CrossEntropyLoss(), optimizer=opt,
+                 BATCH_SIZE=128, PATH=str(pytest.importorskip("tempfile").mktemp()), epoch=0)
+    theirs = report_loop.train_epoch(state)
+    ours = train_run(recipe("seed", epochs=1, limit_train=2000, device="cpu"), data=small_data)["epochs"][0]
+    assert ours["report_counting"]["train_acc"] == theirs["train_acc"]
+    assert ours["report_counting"]["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("model", ["seed", "improved"])
+def test_one_step_lowers_the_loss(model, small_data):
+    cfg = recipe(model, device="cpu")
+    torch.manual_seed(0)
+    net = build_model(model)
+    from labkit.train import to_input
+
+    x = to_input(small_data["x_train"][:256], cfg.normalize)
+    y = small_data["y_train"][:256]
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr if model == "seed" else 0.05, momentum=cfg.momentum)
+    net.train()
+    before = F.cross_entropy(net(x), y)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    after = F.cross_entropy(net(x), y)
+    assert after.item() < before.item()
+
+
+def test_same_seed_same_numbers(small_data):
+    cfg = recipe("seed", epochs=1, limit_train=2000, device="cpu")
+    quiet = lambda n: Progress(n, 1, live=False, stream=open("/dev/null", "w"))
+    two = train_runs(cfg.replace(seed=7), runs=2, progress=quiet(2))
+    alone = train_runs(cfg.replace(seed=8), runs=1, progress=quiet(1))
+    assert two["runs"][1]["seed"] == alone["runs"][0]["seed"] == 8
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip(two["runs"][1]["epochs"]) == strip(alone["runs"][0]["epochs"])
+    assert two["runs"][0]["epochs"] != two["runs"][1]["epochs"]
+
+
+def test_improved_model_learns(small_data):
+    r = train_run(recipe("improved", epochs=1, limit_train=2000, device="cpu"), data=small_data)
+    assert r["epochs"][0]["test_acc"] > 0.8
+
+
+def test_cli_train_writes_metrics_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(["train", "--model", "seed", "--epochs", "2", "--runs", "2", "--limit-train", "600",
+                     "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "Test accuracy" in printed and "the report" in printed
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["model"] == "seed" and m["config"]["epochs"] == 2 and m["config"]["limit_train"] == 600
+    for key in ("git_commit", "python", "torch", "numpy", "data_sha256", "device", "started"):
+        assert key in m["provenance"], key
+    assert len(m["provenance"]["data_sha256"]) == 4
+    assert [r["seed"] for r in m["runs"]] == [1, 2]
+    for run in m["runs"]:
+        assert [e["epoch"] for e in run["epochs"]] == [1, 2]
+        for e in run["epochs"]:
+            for key in ("train_loss", "train_acc", "test_loss", "test_acc", "seconds"):
+                assert isinstance(e[key], float), key
+            assert 0 <= e["test_acc"] <= 1 and e["seconds"] > 0
+    model, ckpt = load_checkpoint(out / "run-seed2.pt")
+    assert ckpt["config"]["seed"] == 2 and len(ckpt["metrics"]["epochs"]) == 2
+    assert ckpt["provenance"]["data_sha256"] == m["provenance"]["data_sha256"]
+    s = summarize(m)
+    assert s["test"]["best"] >= s["test"]["mean"] >= s["test"]["worst"]
+
+
+class _Interrupt(Progress):
+    """Stops training with Ctrl-C after `after` epochs in total."""
+
+    def __init__(self, after):
+        super().__init__(live=False, stream=open("/dev/null", "w"))
+        self.left = after
+
+    def epoch_done(self, row):
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_runs_keep_finished_work_and_resume(tmp_path, small_data, capsys):
+    cfg = recipe("seed", epochs=2, limit_train=2000, device="cpu")
+    out = tmp_path / "runs"
+    with pytest.raises(KeyboardInterrupt):
+        train_runs(cfg, runs=2, out_dir=out, progress=_Interrupt(after=3))  # run 1 done, run 2 half
+    saved = json.loads((out / "metrics.json").read_text())
+    assert len(saved["runs"][0]["epochs"]) == 2 and len(saved["runs"][1]["epochs"]) == 1
+    capsys.readouterr()
+    resumed = train_runs(cfg, runs=2, out_dir=out, progress=Progress(live=False, stream=open("/dev/null", "w")))
+    assert "finished earlier" in capsys.readouterr().out
+    assert resumed["runs"][0]["epochs"] == saved["runs"][0]["epochs"]  # loaded, not retrained
+    assert len(resumed["runs"][1]["epochs"]) == 2
+    fresh = train_runs(cfg.replace(seed=2), runs=1, progress=Progress(live=False, stream=open("/dev/null", "w")))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip(resumed["runs"][1]["epochs"]) == strip(fresh["runs"][0]["epochs"])
