@@ -116,3 +116,60 @@ def mistakes_gallery(images, y_true, probs, max_images: int = 40, cols: int = 10
     fig.suptitle(f"{len(wrong)} most confident mistakes (true→predicted, confidence)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# ---- notebook 04: custom digits (tables of pictures as HTML with embedded PNGs) ----
+
+
+def png_data_uri(picture, max_side: int = 96, invert: bool = False) -> str:
+    """data: URI of a PNG of a PIL Image or a uint8 array (a 28x28 is shown as is, enlarged by CSS)."""
+    import base64
+    import io as _io
+
+    from PIL import Image as _Image
+
+    img = picture if isinstance(picture, _Image.Image) else _Image.fromarray(
+        (255 - np.asarray(picture, dtype=np.uint8)) if invert else np.asarray(picture, dtype=np.uint8))
+    if img.mode not in ("RGB", "L"):
+        img = img.convert("RGB")
+    img = img.copy()
+    img.thumbnail((max_side, max_side))
+    buf = _io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def img_tag(picture, size: int = 56, invert: bool = False) -> str:
+    """<img> of a picture; 28x28 arrays are enlarged without smoothing, dark ink on white if invert."""
+    style = f"width:{size}px;height:{size}px;object-fit:contain;image-rendering:pixelated;border:1px solid #ccc"
+    return f"<img src='{png_data_uri(picture, invert=invert)}' style='{style}'>"
+
+
+def picture_table(rows: list[list], header: list[str], caption: str = "") -> str:
+    """Like html_table, but cells may hold raw HTML (pictures); mark cells with ('html', text)."""
+    def cell(v):
+        if isinstance(v, tuple) and len(v) == 2 and v[0] == "html":
+            return v[1]
+        return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+    head = "".join(f"<th style='text-align:center'>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td style='text-align:center'>{cell(v)}</td>" for v in row) + "</tr>"
+                   for row in rows)
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def verdict_html(predicted: int, target) -> str:
+    """The predicted digit, green when it equals the target, red when not."""
+    if target is None:
+        return f"<b>{predicted}</b>"
+    color = "#1a7f37" if predicted == target else "#c00000"
+    return f"<b style='color:{color};font-size:15px'>{predicted}</b>"
+
+
+def accuracy_by_group(groups, correct) -> dict:
+    """{group: accuracy} of boolean `correct` per sample, groups in first-seen order."""
+    out: dict = {}
+    for g, c in zip(groups, correct):
+        n, k = out.get(g, (0, 0))
+        out[g] = (n + 1, k + int(bool(c)))
+    return {g: k / n for g, (n, k) in out.items()}

@@ -1,0 +1,118 @@
+"""Predict digits of image files with a trained checkpoint; the body of `labkit predict`."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import DEFAULT_CHECKPOINT, PROJECT_ROOT
+from .preprocess import METHODS, ImageError, preprocess
+from .train import load_checkpoint, to_input
+
+
+class CheckpointError(ValueError):
+    """A model checkpoint is missing or unreadable."""
+
+
+def display_path(path) -> str:
+    """A path relative to the project when it lies inside it (no machine paths in outputs)."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(PROJECT_ROOT))
+    except (ValueError, OSError):
+        return str(p)
+
+
+def target_from_name(name) -> int | None:
+    """The digit a file name starts with (the report's GUI took the target from it), else None."""
+    m = re.match(r"([0-9])(?![0-9])", Path(str(name)).name)
+    return int(m.group(1)) if m else None
+
+
+class Predictor:
+    """A checkpoint loaded once; predicts 28x28 arrays and image files."""
+
+    def __init__(self, checkpoint=None, device: str = "cpu"):
+        path = Path(checkpoint) if checkpoint not in (None, "") else DEFAULT_CHECKPOINT
+        self.checkpoint = path
+        if not path.is_file():
+            raise CheckpointError(f"{display_path(path)}: model checkpoint not found")
+        try:
+            self.model, self.ckpt = load_checkpoint(path, device=device)
+        except Exception as e:  # torch raises many kinds for a bad file
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{display_path(path)}: not a readable labkit checkpoint ({reason})") from None
+        self.device = torch.device(device)
+        self.normalize = bool(self.ckpt.get("config", {}).get("normalize", False))
+        self.model_name = self.ckpt.get("model", "?")
+
+    @torch.no_grad()
+    def probabilities(self, arrays) -> np.ndarray:
+        """Softmax probabilities (N, 10) of uint8 arrays (N, 28, 28) or one (28, 28)."""
+        a = np.asarray(arrays, dtype=np.uint8)
+        if a.ndim == 2:
+            a = a[None]
+        if a.shape[1:] != (28, 28):
+            raise ValueError(f"expected 28x28 arrays, got shape {a.shape}")
+        x = to_input(torch.from_numpy(a.copy()).unsqueeze(1).to(self.device), self.normalize)
+        logits = self.model(x).double()
+        return torch.softmax(logits, dim=1).cpu().numpy()
+
+    def predict_array(self, arr28) -> dict:
+        """{"digit", "probabilities": [10 floats], "input": the 28x28} of one preprocessed array."""
+        arr = np.asarray(arr28, dtype=np.uint8)
+        p = self.probabilities(arr)[0]
+        return {"digit": int(p.argmax()), "probabilities": [float(v) for v in p], "input": arr}
+
+    def predict_file(self, source, name=None, preprocess: str = "mnist") -> dict:
+        """Prediction dict of one image (path, bytes, file object or PIL Image); never raises for a
+        bad file: {"path" or "name", "error": reason} instead."""
+        if preprocess not in METHODS:
+            raise ValueError(f"preprocess must be one of {METHODS}, not {preprocess!r}")
+        key = "name" if name is not None or not isinstance(source, (str, Path)) else "path"
+        label = name if name is not None else (str(source) if key == "path" else "<image>")
+        try:
+            arr = _preprocess(source, preprocess, label)
+        except ImageError as e:
+            return {key: label, "error": e.problem}
+        except Exception as e:  # anything else wrong with a file must not stop the others
+            return {key: label, "error": f"cannot use this file ({type(e).__name__}: {e})".splitlines()[0]}
+        return {key: label, **self.predict_array(arr)}
+
+
+def _preprocess(source, method, label):
+    return preprocess(source, method, name=label)
+
+
+def run_cli(images: list[str], checkpoint: str | None = None, preprocess: str = "mnist",
+            as_json: bool = False) -> int:
+    """`labkit predict`: a line per image; 0 when all were predicted, 1 if any failed, 2 if the
+    model or arguments are unusable. Never lets a traceback reach the user."""
+    try:
+        if preprocess not in METHODS:
+            raise ValueError(f"--preprocess must be one of {', '.join(METHODS)}, not {preprocess!r}")
+        if not images:
+            raise ValueError("no image given")
+        predictor = Predictor(checkpoint)
+    except (CheckpointError, ValueError) as e:
+        print(f"labkit predict: error: {e}", file=sys.stderr)
+        return 2
+    failed = 0
+    for path in images:
+        r = predictor.predict_file(path, preprocess=preprocess)
+        if "error" in r:
+            failed += 1
+            if as_json:
+                print(json.dumps({"path": path, "error": r["error"]}), flush=True)
+            else:
+                print(f"{path}: error: {r['error']}", file=sys.stderr, flush=True)
+            continue
+        if as_json:
+            print(json.dumps({"path": path, "digit": r["digit"], "probabilities": r["probabilities"]}), flush=True)
+        else:
+            print(f"{path}: {r['digit']} (probability {r['probabilities'][r['digit']]:.3f})", flush=True)
+    return 1 if failed else 0
