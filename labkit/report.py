@@ -58,6 +58,8 @@ def run_report(params_file=None, out_dir=None, only=None) -> int:
     for nb in notebooks:
         target = out_dir / nb.name
         chosen = notebook_params(nb, params)
+        if "out_dir" in pm.inspect_notebook(str(nb)) and "out_dir" not in chosen:
+            chosen["out_dir"] = str(out_dir / nb.stem)  # the report's artefacts stay in its folder
         print(f"--- {nb.name} {chosen}", flush=True)
         try:
             pm.execute_notebook(str(nb), str(target), parameters=chosen, cwd=str(out_dir),

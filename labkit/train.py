@@ -115,6 +115,14 @@ def evaluate(model, x_uint8, y, cfg: TrainConfig) -> dict:
     return {"loss": loss.mean().item(), "acc": (pred == y).float().mean().item(), "losses": loss, "pred": pred}
 
 
+@torch.no_grad()
+def predict_proba(model, x_uint8, normalize: bool, batch: int = 1000) -> torch.Tensor:
+    """Softmax probabilities (N, 10) of a model on uint8 images (N, 1, 28, 28), in chunks."""
+    model.eval()
+    return torch.cat([F.softmax(model(to_input(x_uint8[i:i + batch], normalize)), 1)
+                      for i in range(0, len(x_uint8), batch)])
+
+
 def report_test_counting(ev: dict, y: torch.Tensor) -> dict:
     """What the report's test loop printed: batches of 64, first 11 samples each, last batch's loss."""
     idx = torch.arange(len(y), device=y.device)
@@ -158,7 +166,8 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
     elif cfg.schedule != "constant":
         raise ValueError(f"schedule must be 'constant' or 'onecycle', not {cfg.schedule!r}")
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003) if cfg.augment else None
-    result = {"seed": cfg.seed, "epochs": []}
+    result = {"seed": cfg.seed, "epochs": [], "wall_seconds": 0.0}
+    t_run = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         # The shuffle exactly as the report's DataLoader(shuffle=True) draws it, so seed 1 replays
         # its batch order: the iterator's base seed, then the sampler's seed for a fresh randperm.
@@ -215,6 +224,7 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
             },
         }
         result["epochs"].append(row)
+        result["wall_seconds"] = round(time.perf_counter() - t_run, 3)  # training + evaluation so far
         if checkpoint is not None:
             save_checkpoint(checkpoint, model, cfg, result)
         if on_epoch is not None:
@@ -246,6 +256,23 @@ def load_checkpoint(path, device="cpu"):
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, ckpt
+
+
+def runs_dir(cfg: TrainConfig) -> Path:
+    """outputs/runs/<model>-e<epochs>-<n train>: where a config's runs live, so reruns can resume."""
+    from .config import OUTPUTS_DIR
+
+    return OUTPUTS_DIR / "runs" / f"{cfg.model}-e{cfg.epochs}-{'all' if cfg.limit_train is None else cfg.limit_train}"
+
+
+def write_csv(metrics: dict, path) -> None:
+    """Every run's per-epoch numbers as one CSV table (seed, epoch, losses, accuracies, seconds)."""
+    keys = ["train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+    lines = [",".join(["model", "seed", "epoch", *keys])]
+    for r in metrics["runs"]:
+        for e in r["epochs"]:
+            lines.append(",".join([metrics["config"]["model"], str(r["seed"]), str(e["epoch"]), *(repr(e[k]) for k in keys)]))
+    Path(path).write_text("\n".join(lines) + "\n")
 
 
 def _comparable(config: dict) -> dict:
