@@ -25,7 +25,7 @@ def notebook_params(nb_path: Path, params: dict) -> dict:
     import papermill as pm
 
     declared = pm.inspect_notebook(str(nb_path))
-    chosen = {k: v for k, v in params.items() if k in declared}
+    chosen = {k: v for k, v in params.items() if k in declared and not isinstance(v, dict)}
     chosen.update({k: v for k, v in (params.get(nb_path.stem) or {}).items() if k in declared})
     unknown = set((params.get(nb_path.stem) or {})) - set(declared)
     if unknown:
@@ -55,6 +55,11 @@ def run_report(params_file=None, out_dir=None, only=None) -> int:
     if only:
         notebooks = [nb for nb in notebooks if nb.stem in only or nb.name in only]
     print(f"report: {len(notebooks)} notebook(s), parameters from {params_file}, into {out_dir}", flush=True)
+    declared_anywhere = set().union(*(pm.inspect_notebook(str(nb)) for nb in notebooks)) if notebooks else set()
+    stray = {k for k, v in params.items() if not isinstance(v, dict)} - declared_anywhere
+    if stray:
+        print(f"report: {params_file} sets {sorted(stray)}, which no notebook declares", file=sys.stderr)
+        return 2
     for nb in notebooks:
         target = out_dir / nb.name
         chosen = notebook_params(nb, params)

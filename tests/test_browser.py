@@ -1,0 +1,274 @@
+"""End to end, where users meet the workbook: JupyterLab in headless Chromium (issue 6).
+
+* notebook 04 in a real JupyterLab: Run All Cells, the PredictPanel renders, an image from
+  data/custom/ goes through the FileUpload's real file input, Predict shows the right digit, no
+  cell shows an error;
+* notebooks 02 and 03 executed with papermill at cheap parameters and exported to HTML as
+  `labkit report` does: their figures render in the browser.
+
+Runs whenever Debian's Chromium is at /usr/bin/chromium (`.ci/run` installs it), skips otherwise.
+Screenshots go to the test's tmp dir; set LABKIT_SCREENSHOT_DIR (e.g. docs/img) to also write
+panel.png and ten_runs.png there.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from browser_util import (chromium, chromium_missing_reason, copy_notebooks, jupyterlab, open_html,
+                          screenshot_figure)
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+CUSTOM = ROOT / "data" / "custom"
+UPLOAD = CUSTOM / "2_exif_01.jpg"  # a phone photo stored sideways with an EXIF orientation tag
+
+RENDER_TIMEOUT_S = 150  # Run All Cells of 04 until the panel shows (about 30 s on one core)
+PREDICT_TIMEOUT_S = 30
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(chromium_missing_reason() is not None, reason=chromium_missing_reason() or ""),
+]
+
+
+def save_screenshot(src: Path, name: str) -> None:
+    """Copy a screenshot to LABKIT_SCREENSHOT_DIR (as `name`) when that is set."""
+    out = os.environ.get("LABKIT_SCREENSHOT_DIR")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, Path(out) / name)
+
+
+def page_report(page, console, lab=None, limit: int = 3000) -> str:
+    """The page's visible text, its console errors and the server log's tail, for failure messages."""
+    try:
+        text = page.locator("body").inner_text(timeout=5000)
+    except Exception as e:  # the page itself may be what broke
+        text = f"(could not read the page: {e})"
+    text = re.sub(r"\n\s*\n+", "\n", text).strip()
+    parts = [f"--- visible text of {page.url.split('?')[0]} (last {limit} chars):\n{text[-limit:]}",
+             "--- browser console errors/warnings:\n" + ("\n".join(console[-30:]) or "(none)")]
+    if lab is not None:
+        parts.append(f"--- JupyterLab log (tail):\n{lab.log(2000)}")
+    return "\n".join(parts)
+
+
+def wait_or_fail(wait, message) -> None:
+    """Run wait() (a Playwright wait); on its timeout fail with message() (called then), not
+    with Playwright's own error chained in."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        wait()
+        return
+    except PlaywrightTimeout:
+        pass
+    pytest.fail(message(), pytrace=False)
+
+
+# In JupyterLab's own model (window.jupyterapp, exposed with --LabApp.expose_app_in_browser):
+# every code cell's error outputs, and the cells not yet executed or still running.
+NOTEBOOK_STATE_JS = """() => {
+  const app = window.jupyterapp;
+  const nb = app && app.shell.currentWidget && app.shell.currentWidget.content;
+  if (!nb || !nb.model) return null;
+  const errors = [], pending = [];
+  const cells = nb.model.cells;
+  for (let i = 0; i < cells.length; i++) {
+    const c = cells.get(i);
+    if (c.type !== 'code') continue;
+    if (c.executionCount === null || c.executionCount === undefined) pending.push(i);
+    for (let j = 0; j < c.outputs.length; j++) {
+      const o = c.outputs.get(j).toJSON();
+      if (o.output_type === 'error') errors.push(`cell ${i}: ${o.ename}: ${o.evalue}`);
+    }
+  }
+  const running = Array.from(document.querySelectorAll('.jp-NotebookPanel .jp-InputPrompt'))
+    .filter(p => p.textContent.includes('*')).length;
+  return {errors, pending, running, kernel: (nb.parent && nb.parent.sessionContext
+          && nb.parent.sessionContext.kernelDisplayStatus) || ''};
+}"""
+
+# Error outputs as the page shows them: stderr-rendered outputs with a traceback in them.
+ERROR_OUTPUTS = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
+
+
+def shown_errors(page) -> list[str]:
+    texts = page.locator(ERROR_OUTPUTS).all_inner_texts()
+    return [t[-1500:] for t in texts if re.search(r"Traceback|Error\b", t)]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as (context, page, console):
+        yield context, page, console
+
+
+@pytest.fixture
+def lab(tmp_path):
+    work = tmp_path / "notebooks"
+    copy_notebooks(NOTEBOOKS, work)
+    with jupyterlab(work, tmp_path / "jupyter") as server:
+        yield server
+    # jupyterlab() stopped the server and its kernels (process group: TERM, then KILL)
+
+
+def run_all_cells(page) -> None:
+    """Run > Run All Cells from JupyterLab's menu bar, as a user would."""
+    page.locator(".lm-MenuBar-item", has=page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$"))).click()
+    item = page.locator(".lm-Menu-item", has=page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")))
+    item.first.click()
+
+
+def test_notebook_04_panel_predicts_in_jupyterlab(lab, browser, tmp_path):
+    assert UPLOAD.exists(), UPLOAD
+    _, page, console = browser
+    console.clear()
+    t0 = time.monotonic()
+    page.goto(lab.url("lab/tree/04_custom_digits.ipynb"), wait_until="domcontentloaded", timeout=60_000)
+
+    # The notebook open, its kernel started and idle.
+    wait_or_fail(lambda: page.wait_for_function(
+        f"() => {{ const s = ({NOTEBOOK_STATE_JS})(); return s && s.kernel === 'idle'; }}", timeout=90_000, polling=500),
+        lambda: f"04_custom_digits.ipynb did not open with an idle kernel within 90 s\n{page_report(page, console, lab)}")
+
+    run_all_cells(page)
+
+    # Wait for the panel: the FileUpload button and the Predict button in an output; stop early
+    # when a cell shows an error (Run All stops there, so the panel would never come).
+    upload = page.locator(".jp-OutputArea-output .widget-upload")
+    predict = page.locator(".jp-OutputArea-output button.jupyter-button", has_text=re.compile(r"^\s*Predict\s*$"))
+    deadline = time.monotonic() + RENDER_TIMEOUT_S
+    while True:
+        if upload.count() and predict.count() and upload.first.is_visible() and predict.first.is_visible():
+            break
+        state = page.evaluate(NOTEBOOK_STATE_JS) or {}
+        errors = (state.get("errors") or []) + shown_errors(page)
+        if errors:
+            pytest.fail("a cell of 04_custom_digits.ipynb failed before the PredictPanel rendered:\n"
+                        + "\n".join(errors) + "\n" + page_report(page, console, lab))
+        if time.monotonic() > deadline:
+            pytest.fail(f"the PredictPanel did not render within {RENDER_TIMEOUT_S} s of Run All Cells "
+                        f"(upload buttons: {upload.count()}, Predict buttons: {predict.count()}, "
+                        f"notebook state: {state})\n{page_report(page, console, lab)}")
+        page.wait_for_timeout(500)
+    rendered_s = time.monotonic() - t0
+
+    # Every cell ran, none shows an error.
+    wait_or_fail(lambda: page.wait_for_function(
+        f"() => {{ const s = ({NOTEBOOK_STATE_JS})(); return s && s.pending.length === 0 && s.running === 0 "
+        f"&& s.kernel === 'idle'; }}", timeout=60_000, polling=500),
+        lambda: f"04_custom_digits.ipynb: cells still unexecuted or running 60 s after the panel rendered: "
+                f"{page.evaluate(NOTEBOOK_STATE_JS)}\n{page_report(page, console, lab)}")
+    state = page.evaluate(NOTEBOOK_STATE_JS)
+    assert not state["errors"] and not shown_errors(page), (
+        f"cells show errors: {state['errors'] + shown_errors(page)}\n{page_report(page, console, lab)}")
+
+    # Upload through the FileUpload's real <input type=file>: ipywidgets 8 keeps that input out of
+    # the DOM and opens it when its button is clicked, so answer the file chooser it opens.
+    panel = page.locator(".jp-OutputArea-output", has=page.locator(".widget-upload")).last
+    panel.scroll_into_view_if_needed()
+    with page.expect_file_chooser(timeout=10_000) as chooser:
+        upload.first.click()
+    assert chooser.value.is_multiple(), "the FileUpload should accept several files (multiple=True)"
+    chooser.value.set_files(str(UPLOAD))
+    wait_or_fail(lambda: page.wait_for_function(  # the widget counts the files it read: "Upload images (1)"
+        "() => Array.from(document.querySelectorAll('.jp-OutputArea-output .widget-upload'))"
+        ".some(b => /\\(1\\)\\s*$/.test(b.textContent))", timeout=15_000, polling=200),
+        lambda: f"the FileUpload did not take {UPLOAD.name} (its label: {upload.first.inner_text()!r})\n"
+                f"{page_report(page, console, lab)}")
+
+    predict.first.click()
+    answer = panel.get_by_text(re.compile(r"predicted\s+\d")).first
+    wait_or_fail(lambda: answer.wait_for(state="visible", timeout=PREDICT_TIMEOUT_S * 1000),
+                 lambda: f"Predict produced no digit within {PREDICT_TIMEOUT_S} s for {UPLOAD.name}\n"
+                         f"--- the panel says:\n{panel.inner_text()}\n{page_report(page, console, lab)}")
+    text = answer.inner_text()
+    digit = int(re.search(r"predicted\s+(\d)", text).group(1))
+    expected = int(UPLOAD.name[0])
+    panel_text = panel.inner_text()
+    assert UPLOAD.name in panel_text, f"the prediction card does not name the upload:\n{panel_text}"
+    assert digit == expected, f"{UPLOAD.name}: the panel predicted {digit}, expected {expected}:\n{panel_text}"
+    assert "target (from the file name)" in panel_text, panel_text
+    # The card's two pictures (the upload and the 28x28 the model sees) decoded in the browser.
+    sizes = panel.locator("img").evaluate_all("imgs => imgs.map(i => [i.complete, i.naturalWidth])")
+    assert len(sizes) >= 2 and all(ok and w > 0 for ok, w in sizes), f"panel images did not render: {sizes}"
+
+    assert not state["errors"] and not shown_errors(page), page_report(page, console, lab)
+    shot = tmp_path / "panel.png"
+    panel.screenshot(path=str(shot))
+    save_screenshot(shot, "panel.png")
+    print(f"04 in JupyterLab: panel rendered {rendered_s:.0f} s after opening; predicted {digit} "
+          f"for {UPLOAD.name}; screenshot {shot}")
+
+
+def execute_cheap(name: str, params: dict, out_dir: Path) -> Path:
+    """Execute notebooks/`name` with papermill at `params` (all must be declared), as `labkit
+    report` does, and export it to HTML with labkit.report.export_html."""
+    import nbformat
+    import papermill as pm
+
+    from labkit.report import export_html
+
+    nb = NOTEBOOKS / name
+    # Names assigned in the cell tagged "parameters" (papermill's inspect_notebook misses those
+    # annotated `int | None`, but execute_notebook injects any name).
+    cells = nbformat.read(str(nb), as_version=4).cells
+    source = "\n".join(c.source for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    declared = set(re.findall(r"^([A-Za-z_]\w*)\s*[:=]", source, flags=re.M))
+    missing = set(params) - declared
+    assert not missing, f"{name} no longer declares the parameter(s) {sorted(missing)} this test sets to keep it cheap"
+    target = out_dir / name
+    failure = None
+    try:
+        pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(out_dir),
+                            progress_bar=False, kernel_name="python3", execution_timeout=300)
+    except pm.PapermillExecutionError as e:
+        tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(e.traceback[-3:]) if e.traceback else "")
+        failure = f"{name} failed at {params} in cell [{e.exec_count}] with {e.ename}: {e.evalue}\n{tb}\nexecuted notebook: {target}"
+    if failure:
+        pytest.fail(failure, pytrace=False)
+    return export_html(target)
+
+
+REPORT_NOTEBOOKS = {
+    "02_train.ipynb": {"epochs": 1, "limit_train": 2000},  # plus out_dir: the tmp dir
+    # resume=False: train afresh with the code under test, not runs cached in outputs/runs/
+    "03_evaluate_10_runs.ipynb": {"runs": 2, "epochs": 1, "limit_train": 2000, "resume": False},
+}
+
+
+@pytest.mark.parametrize("name", list(REPORT_NOTEBOOKS))
+def test_report_html_figures_render(name, browser, tmp_path):
+    if not (NOTEBOOKS / name).exists():
+        pytest.skip(f"notebooks/{name} does not exist (yet): nothing to export")
+    params = dict(REPORT_NOTEBOOKS[name])
+    out = tmp_path / "report"
+    out.mkdir()
+    if name.startswith("02"):
+        params["out_dir"] = str(out / "02_train")
+    t0 = time.monotonic()
+    html = execute_cheap(name, params, out)
+    executed_s = time.monotonic() - t0
+
+    _, page, console = browser
+    console.clear()
+    images = open_html(page, html)
+    figures = [i for i in images if i["output"]]
+    broken = [i for i in images if not i["width"]]
+    assert figures, f"{html.name}: no figure (<img> in an output) in the page\n{page_report(page, console)}"
+    assert not broken, f"{html.name}: {len(broken)} image(s) did not render: {broken}\n{page_report(page, console)}"
+    assert any("plots.curves" in i["source"] for i in figures), (
+        f"{html.name}: no rendered figure from plots.curves; figures from: {[f['source'][:80] for f in figures]}")
+
+    if name.startswith("03"):  # the ten-run figure (here at runs=2) for the README
+        shot = tmp_path / "ten_runs.png"
+        assert screenshot_figure(page, images, shot, "plots.curves")
+        save_screenshot(shot, "ten_runs.png")
+    print(f"{name}: executed in {executed_s:.0f} s; {len(figures)} figures rendered in {html.name}")
