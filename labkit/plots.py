@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 
@@ -65,6 +66,7 @@ def curves(metrics: dict, title: str = "", report_counting: bool = False):
     ax_loss.set_yscale("log")
     for ax in (ax_acc, ax_loss):
         ax.set_xlabel("epoch"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -43,7 +43,7 @@ def export_html(nb_path: Path) -> Path:
     return html
 
 
-def run_report(params_file=None, out_dir=None, only=None) -> int:
+def run_report(params_file=None, out_dir=None, only=None, notebooks_dir=NOTEBOOKS_DIR) -> int:
     """Run every notebook (or `only` those named) into out_dir; stop at the first failure."""
     import papermill as pm
 
@@ -51,7 +51,7 @@ def run_report(params_file=None, out_dir=None, only=None) -> int:
     params = load_params(params_file)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    notebooks = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    notebooks = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
     if only:
         notebooks = [nb for nb in notebooks if nb.stem in only or nb.name in only]
     print(f"report: {len(notebooks)} notebook(s), parameters from {params_file}, into {out_dir}", flush=True)
