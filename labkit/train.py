@@ -272,7 +272,7 @@ def write_csv(metrics: dict, path) -> None:
     for r in metrics["runs"]:
         for e in r["epochs"]:
             lines.append(",".join([metrics["config"]["model"], str(r["seed"]), str(e["epoch"]), *(repr(e[k]) for k in keys)]))
-    Path(path).write_text("\n".join(lines) + "\n")
+    _atomic_write(Path(path), lambda p: p.write_text("\n".join(lines) + "\n"))
 
 
 def _comparable(config: dict) -> dict:
@@ -281,7 +281,7 @@ def _comparable(config: dict) -> dict:
 
 def train_runs(cfg: TrainConfig, runs: int = 1, out_dir=None, resume: bool = True, progress=None,
                keep_models: bool = False) -> dict:
-    """Train runs with seeds cfg.seed, cfg.seed+1, ...; metrics.json is rewritten after every epoch.
+    """Train runs with seeds cfg.seed, cfg.seed+1, ...; metrics.json and epochs.csv are rewritten after every epoch.
 
     With `resume`, runs already finished in out_dir/metrics.json under the same config are kept
     instead of retrained; a run cut off halfway is trained again from its start.
@@ -321,6 +321,7 @@ def train_runs(cfg: TrainConfig, runs: int = 1, out_dir=None, resume: bool = Tru
             metrics["runs"][_slot] = {k: v for k, v in result.items() if k != "final_model"}
             if out_dir is not None:
                 save_json(out_dir / "metrics.json", metrics)
+                write_csv(metrics, out_dir / "epochs.csv")
 
         progress.start_run(i, seed)
         ckpt = out_dir / f"run-seed{seed}.pt" if out_dir is not None else None

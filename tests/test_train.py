@@ -121,6 +121,9 @@ def test_cli_train_writes_metrics_json(tmp_path, capsys):
             for key in ("train_loss", "train_acc", "test_loss", "test_acc", "seconds"):
                 assert isinstance(e[key], float), key
             assert 0 <= e["test_acc"] <= 1 and e["seconds"] > 0
+    csv = (out / "epochs.csv").read_text().splitlines()
+    assert csv[0] == "model,seed,epoch,train_loss,train_acc,test_loss,test_acc,seconds" and len(csv) == 1 + 2 * 2
+    assert csv[-1].startswith("seed,2,2,")
     model, ckpt = load_checkpoint(out / "run-seed2.pt")
     assert ckpt["config"]["seed"] == 2 and len(ckpt["metrics"]["epochs"]) == 2
     assert ckpt["provenance"]["data_sha256"] == m["provenance"]["data_sha256"]
