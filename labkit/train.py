@@ -166,6 +166,7 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
     elif cfg.schedule != "constant":
         raise ValueError(f"schedule must be 'constant' or 'onecycle', not {cfg.schedule!r}")
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003) if cfg.augment else None
+    run_provenance = provenance(device)  # once, at the start of the run
     result = {"seed": cfg.seed, "epochs": [], "wall_seconds": 0.0}
     t_run = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
@@ -226,7 +227,7 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
         result["epochs"].append(row)
         result["wall_seconds"] = round(time.perf_counter() - t_run, 3)  # training + evaluation so far
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model, cfg, result)
+            save_checkpoint(checkpoint, model, cfg, result, run_provenance)
         if on_epoch is not None:
             on_epoch(result, row)
         if progress is not None:
@@ -235,8 +236,8 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
     return result
 
 
-def save_checkpoint(path: Path, model, cfg: TrainConfig, result: dict) -> None:
-    """State dict with the config and metrics that produced it, written atomically."""
+def save_checkpoint(path: Path, model, cfg: TrainConfig, result: dict, prov: dict | None = None) -> None:
+    """State dict with the config, metrics and provenance that produced it, written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -244,7 +245,7 @@ def save_checkpoint(path: Path, model, cfg: TrainConfig, result: dict) -> None:
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": cfg.to_dict(),
         "metrics": {k: v for k, v in result.items() if k != "final_model"},
-        "provenance": provenance(resolve_device(cfg.device)),
+        "provenance": prov if prov is not None else provenance(resolve_device(cfg.device)),
     }
     _atomic_write(path, lambda p: torch.save(payload, p))
 
