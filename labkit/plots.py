@@ -52,11 +52,15 @@ def curves(metrics: dict, title: str = "", report_counting: bool = False):
             vals = np.stack([_epochs(r, key)[:n] for r in runs])
             x = np.arange(1, n + 1)
             if len(runs) > 1:
+                dot = "." if n <= 3 else None  # a short run would be invisible as lines alone
                 for v in vals:
-                    ax.plot(x, v, color=color, alpha=0.25, lw=0.8)
+                    ax.plot(x, v, color=color, alpha=0.25, lw=0.8, marker=dot)
                 m, s = vals.mean(0), vals.std(0, ddof=1)
                 ax.fill_between(x, m - s, m + s, color=color, alpha=0.25)
-                ax.plot(x, m, color=color, lw=2, label=f"{split} (mean of {len(runs)}, ±1 std)")
+                if n == 1:
+                    ax.errorbar(x, m, yerr=s, color=color, fmt="o", capsize=6, label=f"{split} (mean of {len(runs)}, ±1 std)")
+                else:
+                    ax.plot(x, m, color=color, lw=2, label=f"{split} (mean of {len(runs)}, ±1 std)")
             else:
                 ax.plot(x, vals[0], color=color, lw=2, marker="o", ms=3, label=split)
             if report_counting and len(runs) == 1:
@@ -66,7 +70,10 @@ def curves(metrics: dict, title: str = "", report_counting: bool = False):
     ax_loss.set_yscale("log")
     for ax in (ax_acc, ax_loss):
         ax.set_xlabel("epoch"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if n <= 12:
+            ax.set_xticks(range(1, n + 1)), ax.set_xlim(0.5, n + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
