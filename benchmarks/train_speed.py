@@ -117,14 +117,22 @@ def profile_steps(n: int = 20) -> None:
     images, labels = load_mnist("train")
     x = torch.tensor(images[:128]).unsqueeze(1).float()
     y = torch.tensor(labels[:128]).long()
-    for name, fwd in (("report forward (conv, max_pool2d)", "forward_reference"), ("labkit forward", "forward")):
+    tiny = torch.finfo(torch.float32).tiny  # labkit.train's hook; importing it would set flush-to-zero here
+    flush_subnormal = lambda g: g.masked_fill(g.abs() < tiny, 0.0)
+    # On a batch trained to saturation: the report's step as it runs (its softmax gradients turn
+    # subnormal), then labkit's (conv at four pool offsets, subnormal gradients flushed).
+    for name, fwd in (("report's step (conv, max_pool2d), saturated batch", "forward_reference"),
+                      ("labkit's step (4-offset conv + max, subnormals flushed), same batch", "forward")):
         torch.manual_seed(1)
         model = SeedCNN()
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
         def step():
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(getattr(model, fwd)(x), y).backward()
+            logits = getattr(model, fwd)(x)
+            if fwd == "forward":
+                logits.register_hook(flush_subnormal)
+            F.cross_entropy(logits, y).backward()
             opt.step()
 
         for _ in range(200):  # train on the batch until its softmax saturates, as in real training
