@@ -49,7 +49,7 @@ def run_report(params_file=None, out_dir=None, only=None, notebooks_dir=NOTEBOOK
 
     params_file = params_file if params_file is not None else PARAMS_DIR / "full.yaml"
     params = load_params(params_file)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # notebooks run with cwd=out_dir: relative paths would nest
     out_dir.mkdir(parents=True, exist_ok=True)
     notebooks = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
     if only:
