@@ -76,7 +76,8 @@ def test_one_step_lowers_the_loss(model, small_data):
 
     x = to_input(small_data["x_train"][:256], cfg.normalize)
     y = small_data["y_train"][:256]
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr if model == "seed" else 0.05, momentum=cfg.momentum)
+    first_lr = cfg.lr / 10 if cfg.schedule == "onecycle" else cfg.lr  # one-cycle starts at lr / div_factor
+    opt = torch.optim.SGD(net.parameters(), lr=first_lr, momentum=cfg.momentum)
     net.train()
     before = F.cross_entropy(net(x), y)
     opt.zero_grad()
