@@ -7,7 +7,6 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -88,8 +87,9 @@ def to_input(x_uint8: torch.Tensor, normalize: bool) -> torch.Tensor:
     return (x / 255 - MNIST_MEAN) / MNIST_STD if normalize else x
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, degrees=10.0, scale=0.1, shift=2.0) -> torch.Tensor:
-    """Random rotation, scaling and shift of each digit (bilinear), background-preserving."""
+def augment(x: torch.Tensor, gen: torch.Generator, background: float = 0.0,
+            degrees=10.0, scale=0.1, shift=2.0) -> torch.Tensor:
+    """Random rotation, scaling and shift of each digit (bilinear); uncovered pixels get `background`."""
     b = x.shape[0]
     r = lambda: torch.rand(b, generator=gen, device=gen.device) * 2 - 1  # uniform in [-1, 1]
     angle = r() * math.radians(degrees)
@@ -98,8 +98,7 @@ def augment(x: torch.Tensor, gen: torch.Generator, degrees=10.0, scale=0.1, shif
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(x)  # (B, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    bg = x.amin()  # the normalised value of a 0 pixel
-    return F.grid_sample(x - bg, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + bg
+    return F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + background
 
 
 @torch.no_grad()
@@ -166,6 +165,7 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
     elif cfg.schedule != "constant":
         raise ValueError(f"schedule must be 'constant' or 'onecycle', not {cfg.schedule!r}")
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003) if cfg.augment else None
+    background = to_input(torch.zeros((), dtype=torch.uint8), cfg.normalize).item()  # a 0 pixel as the model sees it
     run_provenance = provenance(device)  # once, at the start of the run
     result = {"seed": cfg.seed, "epochs": [], "wall_seconds": 0.0}
     t_run = time.perf_counter()
@@ -187,7 +187,7 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
             x = to_input(x_train[idx], cfg.normalize)  # (B, 1, 28, 28)
             y = y_train[idx]
             if aug_gen is not None:
-                x = augment(x, aug_gen)
+                x = augment(x, aug_gen, background)
             logits = model(x)  # (B, 10)
             if logits.requires_grad and device.type == "cpu":
                 logits.register_hook(_flush_subnormal)
