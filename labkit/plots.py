@@ -80,11 +80,16 @@ def curves(metrics: dict, title: str = "", report_counting: bool = False):
     return fig
 
 
-def html_table(rows: list[list], header: list[str], caption: str = "") -> str:
-    """A small HTML table (floats to 5 decimals) for IPython.display.HTML."""
-    fmt = lambda v: f"{v:.5f}" if isinstance(v, float) else html.escape(str(v))
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+def html_table(rows: list[list], header: list[str], caption: str = "", digits: int = 5) -> str:
+    """A small HTML table for IPython.display.HTML: floats to `digits` decimals, cells given as
+    ('html', text) inserted as raw HTML (pictures), everything else escaped."""
+    def cell(v):
+        if isinstance(v, tuple) and len(v) == 2 and v[0] == "html":
+            return v[1]
+        return f"{v:.{digits}f}" if isinstance(v, float) else html.escape(str(v))
+    head = "".join(f"<th style='text-align:center'>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td style='text-align:center'>{cell(v)}</td>" for v in row) + "</tr>"
+                   for row in rows)
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -152,19 +157,6 @@ def img_tag(picture, size: int = 56, invert: bool = False) -> str:
     """<img> of a picture; 28x28 arrays are enlarged without smoothing, dark ink on white if invert."""
     style = f"width:{size}px;height:{size}px;object-fit:contain;image-rendering:pixelated;border:1px solid #ccc"
     return f"<img src='{png_data_uri(picture, invert=invert)}' style='{style}'>"
-
-
-def picture_table(rows: list[list], header: list[str], caption: str = "") -> str:
-    """Like html_table, but cells may hold raw HTML (pictures); mark cells with ('html', text)."""
-    def cell(v):
-        if isinstance(v, tuple) and len(v) == 2 and v[0] == "html":
-            return v[1]
-        return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
-    head = "".join(f"<th style='text-align:center'>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td style='text-align:center'>{cell(v)}</td>" for v in row) + "</tr>"
-                   for row in rows)
-    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def verdict_html(predicted: int, target) -> str:

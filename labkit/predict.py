@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from .config import DEFAULT_CHECKPOINT, PROJECT_ROOT
-from .preprocess import METHODS, ImageError, preprocess
-from .train import load_checkpoint, to_input
+from .preprocess import METHODS, ImageError
+from .preprocess import preprocess as preprocess_image  # the parameter `preprocess` names the method
+from .train import load_checkpoint, predict_proba
 
 
 class CheckpointError(ValueError):
@@ -58,9 +59,7 @@ class Predictor:
             a = a[None]
         if a.shape[1:] != (28, 28):
             raise ValueError(f"expected 28x28 arrays, got shape {a.shape}")
-        x = to_input(torch.from_numpy(a.copy()).unsqueeze(1).to(self.device), self.normalize)
-        logits = self.model(x).double()
-        return torch.softmax(logits, dim=1).cpu().numpy()
+        return predict_proba(self.model, torch.from_numpy(a.copy()).unsqueeze(1).to(self.device), self.normalize).cpu().numpy()
 
     def predict_array(self, arr28) -> dict:
         """{"digit", "probabilities": [10 floats], "input": the 28x28} of one preprocessed array."""
@@ -76,16 +75,12 @@ class Predictor:
         key = "name" if name is not None or not isinstance(source, (str, Path)) else "path"
         label = name if name is not None else (str(source) if key == "path" else "<image>")
         try:
-            arr = _preprocess(source, preprocess, label)
+            arr = preprocess_image(source, preprocess, name=label)
         except ImageError as e:
             return {key: label, "error": e.problem}
         except Exception as e:  # anything else wrong with a file must not stop the others
             return {key: label, "error": f"cannot use this file ({type(e).__name__}: {e})".splitlines()[0]}
         return {key: label, **self.predict_array(arr)}
-
-
-def _preprocess(source, method, label):
-    return preprocess(source, method, name=label)
 
 
 def run_cli(images: list[str], checkpoint: str | None = None, preprocess: str = "mnist",

@@ -20,11 +20,8 @@ def load_params(params_file) -> dict:
     return data
 
 
-def notebook_params(nb_path: Path, params: dict) -> dict:
-    """The subset of `params` that this notebook declares in its parameters cell."""
-    import papermill as pm
-
-    declared = pm.inspect_notebook(str(nb_path))
+def notebook_params(nb_path: Path, declared, params: dict) -> dict:
+    """The subset of `params` that this notebook declares (`declared`: its parameter names)."""
     chosen = {k: v for k, v in params.items() if k in declared and not isinstance(v, dict)}
     chosen.update({k: v for k, v in (params.get(nb_path.stem) or {}).items() if k in declared})
     unknown = set((params.get(nb_path.stem) or {})) - set(declared)
@@ -55,15 +52,15 @@ def run_report(params_file=None, out_dir=None, only=None, notebooks_dir=NOTEBOOK
     if only:
         notebooks = [nb for nb in notebooks if nb.stem in only or nb.name in only]
     print(f"report: {len(notebooks)} notebook(s), parameters from {params_file}, into {out_dir}", flush=True)
-    declared_anywhere = set().union(*(pm.inspect_notebook(str(nb)) for nb in notebooks)) if notebooks else set()
-    stray = {k for k, v in params.items() if not isinstance(v, dict)} - declared_anywhere
+    declared = {nb: set(pm.inspect_notebook(str(nb))) for nb in notebooks}
+    stray = {k for k, v in params.items() if not isinstance(v, dict)} - set().union(*declared.values())
     if stray:
         print(f"report: {params_file} sets {sorted(stray)}, which no notebook declares", file=sys.stderr)
         return 2
     for nb in notebooks:
         target = out_dir / nb.name
-        chosen = notebook_params(nb, params)
-        if "out_dir" in pm.inspect_notebook(str(nb)) and "out_dir" not in chosen:
+        chosen = notebook_params(nb, declared[nb], params)
+        if "out_dir" in declared[nb] and "out_dir" not in chosen:
             chosen["out_dir"] = str(out_dir / nb.stem)  # the report's artefacts stay in its folder
         print(f"--- {nb.name} {chosen}", flush=True)
         try:

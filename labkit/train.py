@@ -116,9 +116,9 @@ def evaluate(model, x_uint8, y, cfg: TrainConfig) -> dict:
 
 @torch.no_grad()
 def predict_proba(model, x_uint8, normalize: bool, batch: int = 1000) -> torch.Tensor:
-    """Softmax probabilities (N, 10) of a model on uint8 images (N, 1, 28, 28), in chunks."""
+    """Softmax probabilities (N, 10), float64, of a model on uint8 images (N, 1, 28, 28), in chunks."""
     model.eval()
-    return torch.cat([F.softmax(model(to_input(x_uint8[i:i + batch], normalize)), 1)
+    return torch.cat([F.softmax(model(to_input(x_uint8[i:i + batch], normalize)).double(), 1)
                       for i in range(0, len(x_uint8), batch)])
 
 
