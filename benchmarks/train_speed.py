@@ -56,6 +56,7 @@ def worker(kind: str, rounds: int) -> None:
             with _quiet():
                 out = R.train_epoch(state)
             _send({"seconds": time.perf_counter() - t0, "peak_mb": _peak_mb(), "train_acc": out["train_acc"]})
+        _wait_go()  # exit only when the parent closes: a worker's teardown must not overlap another's epoch
         return
     from labkit.config import recipe
     from labkit.train import train_run
@@ -68,8 +69,12 @@ def worker(kind: str, rounds: int) -> None:
         if row["epoch"] < rounds:
             _wait_go()
 
+    from labkit import fastpath
+
+    fastpath.kernel()  # compile (or load) the conv-pool kernel before the clock starts
     _wait_go()
     train_run(cfg, on_epoch=on_epoch)
+    _wait_go()
     del torch
 
 
@@ -120,12 +125,13 @@ def profile_steps(n: int = 20) -> None:
     tiny = torch.finfo(torch.float32).tiny  # labkit.train's hook; importing it would set flush-to-zero here
     flush_subnormal = lambda g: g.masked_fill(g.abs() < tiny, 0.0)
     # On a batch trained to saturation: the report's step as it runs (its softmax gradients turn
-    # subnormal), then labkit's (conv at four pool offsets, subnormal gradients flushed).
-    for name, fwd in (("report's step (conv, max_pool2d), saturated batch", "forward_reference"),
-                      ("labkit's step (4-offset conv + max, subnormals flushed), same batch", "forward")):
+    # subnormal), then labkit's (fused conv-pool kernel, fc2 @ fc1 products, fused SGD, subnormal
+    # gradients flushed).
+    for name, fwd in (("report's step (conv, max_pool2d, two Linear), saturated batch", "forward_reference"),
+                      ("labkit's step (conv-pool kernel, W2 @ W1 chain, fused SGD), same batch", "forward")):
         torch.manual_seed(1)
         model = SeedCNN()
-        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, fused=fwd == "forward")
 
         def step():
             opt.zero_grad(set_to_none=True)

@@ -131,6 +131,15 @@ def report_test_counting(ev: dict, y: torch.Tensor) -> dict:
             "test_loss": ev["losses"][last:].mean().item()}
 
 
+def _sgd(model, cfg: TrainConfig) -> torch.optim.SGD:
+    """The recipe's SGD; the fused implementation (one kernel for all parameters) where torch has it."""
+    kw = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    try:
+        return torch.optim.SGD(model.parameters(), fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):  # older torch, or a device without fused SGD
+        return torch.optim.SGD(model.parameters(), **kw)
+
+
 def _flush_subnormal(grad: torch.Tensor) -> torch.Tensor:
     return grad.masked_fill(grad.abs() < _TINY, 0.0)
 
@@ -155,8 +164,7 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
     n = len(x_train)
     torch.manual_seed(cfg.seed)  # as the report: seeds initialisation and the shuffle
     model = build_model(cfg.model).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    opt = _sgd(model, cfg)
     steps = math.ceil(n / cfg.batch_size)
     sched = None
     if cfg.schedule == "onecycle":
@@ -176,16 +184,14 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
         shuffle_seed = int(torch.empty((), dtype=torch.int64).random_().item())
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed)).to(device)
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        rep_correct = torch.zeros((), dtype=torch.long, device=device)  # the report's first-11 count
-        rep_counted = 0
-        batch_mean_sum = torch.zeros((), device=device)  # the report's running_loss
+        batch_loss = torch.empty(steps, device=device)  # mean loss of each batch
+        pred = torch.empty(n, dtype=torch.long, device=device)  # prediction for each sample, in epoch order
         t0 = time.perf_counter()
+        x_epoch, y_epoch = x_train.index_select(0, perm), y_train.index_select(0, perm)  # one gather per epoch; batches are then slices
         for b in range(steps):
-            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = to_input(x_train[idx], cfg.normalize)  # (B, 1, 28, 28)
-            y = y_train[idx]
+            batch = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
+            x = to_input(x_epoch[batch], cfg.normalize)  # (B, 1, 28, 28)
+            y = y_epoch[batch]
             if aug_gen is not None:
                 x = augment(x, aug_gen, background)
             logits = model(x)  # (B, 10)
@@ -197,30 +203,30 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
             opt.step()
             if sched is not None:
                 sched.step()
-            with torch.no_grad():
-                hit = logits.argmax(1) == y
-                loss_sum += loss.detach() * len(y)
-                batch_mean_sum += loss.detach()
-                correct += hit.sum()
-                rep_correct += hit[:11].sum()
-                rep_counted += min(11, len(y))
+            with torch.no_grad():  # stays on the device: no host sync per step
+                batch_loss[b] = loss.detach()
+                torch.argmax(logits, 1, out=pred[batch])
             if progress is not None:
                 progress.batch(epoch, b + 1, steps)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
+        hit = pred == y_epoch
+        first11 = torch.arange(n, device=device) % cfg.batch_size < 11  # the report's `if i > outputs.shape[1]: break`
+        sizes = torch.full((steps,), float(cfg.batch_size), device=device)
+        sizes[-1] = n - (steps - 1) * cfg.batch_size
         ev = evaluate(model, x_test, y_test, cfg)
         rep = report_test_counting(ev, y_test)
         row = {
             "epoch": epoch,
-            "train_loss": loss_sum.item() / n,
-            "train_acc": correct.item() / n,
+            "train_loss": (batch_loss * sizes).sum().item() / n,
+            "train_acc": hit.sum().item() / n,
             "test_loss": ev["loss"],
             "test_acc": ev["acc"],
             "seconds": round(seconds, 4),
             "report_counting": {  # what the report's code would have printed for this epoch
-                "train_acc": rep_correct.item() / rep_counted,
-                "train_loss": batch_mean_sum.item() / 128,  # its running_loss / BATCH_SIZE
+                "train_acc": hit[first11].sum().item() / first11.sum().item(),
+                "train_loss": batch_loss.sum().item() / 128,  # its running_loss / BATCH_SIZE
                 **rep,
             },
         }
