@@ -17,7 +17,8 @@ def cmd_train(args) -> int:
     from .data import DataError
     from .train import format_table, train_runs
 
-    cfg = recipe(args.model, epochs=args.epochs, seed=args.seed, limit_train=args.limit_train, device=args.device)
+    cfg = recipe(args.model, epochs=args.epochs, seed=args.seed, limit_train=args.limit_train, device=args.device,
+                 precision=args.precision)
     out = Path(args.out) if args.out else OUTPUTS_DIR / f"train-{args.model}-{_stamp()}"
     print(f"training {args.runs} run(s) of {args.model!r}: {cfg}\nwriting {out / 'metrics.json'}", flush=True)
     try:
@@ -55,6 +56,8 @@ def main(argv=None) -> int:
     t.add_argument("--limit-train", type=int, help="train on the first N training images only")
     t.add_argument("--out", help="output folder (default outputs/train-MODEL-TIMESTAMP)")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="training arithmetic (default: the recipe's; evaluation is always fp32)")
     t.add_argument("--no-resume", action="store_true", help="retrain runs already finished in --out")
     t.set_defaults(func=cmd_train)
 

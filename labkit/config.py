@@ -41,6 +41,7 @@ class TrainConfig:
     seed: int = 1  # torch.manual_seed of the run; the report used 1
     limit_train: int | None = None  # train on the first N training images only (None: all 60,000)
     eval_batch: int = 1000  # test-set chunk size; chunks of 1000 beat one 10k batch on CPU
+    precision: str = "fp32"  # training arithmetic: "fp32" (the report), "bf16" autocast, or "auto": bf16 where the hardware has it (CUDA, CPUs with AMX), else fp32; evaluation is always fp32
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
 
     def replace(self, **changes) -> "TrainConfig":
@@ -55,8 +56,9 @@ class TrainConfig:
 RECIPES: dict[str, dict] = {
     "seed": {},
     "improved": dict(
-        model="improved", epochs=4, batch_size=128, lr=0.1, momentum=0.9, nesterov=True,
+        model="improved", epochs=8, batch_size=128, lr=0.1, momentum=0.9, nesterov=True,
         weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, normalize=True, augment=True,
+        precision="auto",  # bf16 on AMX CPUs and GPUs: ~2.3x faster here, and 8 epochs fit the 15-minute budget
     ),
 }
 

@@ -85,7 +85,7 @@ def kernel() -> ctypes.CDLL | None:
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether seed_forward can take this input: CPU fp32 (B, 1, 28, 28), no gradient wanted for x."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and tuple(x.shape[1:]) == (1, 28, 28) and tuple(weight.shape) == (16, 1, 3, 3)
+            and tuple(x.shape[1:]) == (1, 28, 28) and tuple(weight.shape) == (16, 1, 3, 3) and weight.is_contiguous()
             and not x.requires_grad and kernel() is not None)
 
 

@@ -38,6 +38,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"fp32" or "bf16": "auto" picks bf16 only where the hardware does it natively (CUDA, CPUs with AMX)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)  # private; absent in older torch
+    return "bf16" if device.type == "cpu" and amx() else "fp32"
+
+
 def git_commit() -> str:
     """HEAD of the project checkout, with '-dirty' if it has changes; 'unknown' outside git."""
     try:
@@ -164,6 +176,12 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
     n = len(x_train)
     torch.manual_seed(cfg.seed)  # as the report: seeds initialisation and the shuffle
     model = build_model(cfg.model).to(device)
+    precision = resolve_precision(cfg.precision, device)
+    amp = precision == "bf16"
+    # oneDNN's bf16 convolutions want NHWC: ~3x faster than fp32 NCHW on an AMX CPU, slower without
+    channels_last = amp and device.type == "cpu"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = _sgd(model, cfg)
     steps = math.ceil(n / cfg.batch_size)
     sched = None
@@ -175,7 +193,7 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003) if cfg.augment else None
     background = to_input(torch.zeros((), dtype=torch.uint8), cfg.normalize).item()  # a 0 pixel as the model sees it
     run_provenance = provenance(device)  # once, at the start of the run
-    result = {"seed": cfg.seed, "epochs": [], "wall_seconds": 0.0}
+    result = {"seed": cfg.seed, "precision": precision, "epochs": [], "wall_seconds": 0.0}
     t_run = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         # The shuffle exactly as the report's DataLoader(shuffle=True) draws it, so seed 1 replays
@@ -194,10 +212,13 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
             y = y_epoch[batch]
             if aug_gen is not None:
                 x = augment(x, aug_gen, background)
-            logits = model(x)  # (B, 10)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(x)  # (B, 10)
             if logits.requires_grad and device.type == "cpu":
                 logits.register_hook(_flush_subnormal)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
