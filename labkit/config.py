@@ -35,6 +35,7 @@ class TrainConfig:
     nesterov: bool = False  # Nesterov momentum (the report: plain)
     weight_decay: float = 0.0  # L2 on weights (the report: none)
     schedule: str = "constant"  # "constant" (the report) or "onecycle"
+    min_peak_steps: int = 120  # one-cycle: a run of fewer steps scales its peak lr by steps / min_peak_steps (24 steps at lr 0.1 diverge)
     label_smoothing: float = 0.0  # cross-entropy label smoothing (the report: none)
     normalize: bool = False  # False: raw 0-255 pixels as the report fed them; True: MNIST mean/std
     augment: bool = False  # random affine jitter of training digits (the report: none)

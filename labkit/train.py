@@ -186,7 +186,9 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
     steps = math.ceil(n / cfg.batch_size)
     sched = None
     if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
+        total = cfg.epochs * steps
+        peak = cfg.lr * min(1.0, total / cfg.min_peak_steps)  # short runs (cheap notebook defaults) need a lower peak
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=total,
                                                     pct_start=0.25, div_factor=10, final_div_factor=100)
     elif cfg.schedule != "constant":
         raise ValueError(f"schedule must be 'constant' or 'onecycle', not {cfg.schedule!r}")
@@ -304,7 +306,8 @@ def write_csv(metrics: dict, path) -> None:
 
 
 def _comparable(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in ("seed", "device")}
+    """A config minus what runs may differ in; fields newer than a saved config take their defaults."""
+    return {k: v for k, v in {**TrainConfig().to_dict(), **config}.items() if k not in ("seed", "device")}
 
 
 def train_runs(cfg: TrainConfig, runs: int = 1, out_dir=None, resume: bool = True, progress=None,
