@@ -65,7 +65,7 @@ def worker(kind: str, rounds: int) -> None:
 
     def on_epoch(result, row):
         _send({"seconds": row["seconds"], "peak_mb": _peak_mb(), "train_acc": row["train_acc"],
-               "test_acc": row["test_acc"]})
+               "test_acc": row["test_acc"], "precision": result["precision"]})
         if row["epoch"] < rounds:
             _wait_go()
 
@@ -197,7 +197,8 @@ def main() -> None:
         for w in workers.values():
             w.close()
 
-    labels = {"report": "report's loop (SeedCNN)", "labkit": "labkit (SeedCNN)", "improved": "labkit (improved model)"}
+    labels = {"report": "report's loop (SeedCNN)", "labkit": "labkit (SeedCNN)",
+              "improved": f"labkit (improved, {results.get('improved', [{}])[-1].get('precision', '?')})"}
     print(f"\n{'contender':<26} {'s/epoch median':>15} {'min-max':>13} {'samples/s':>10} {'peak RSS':>9}")
     med = {}
     for k in kinds:
