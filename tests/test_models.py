@@ -124,3 +124,17 @@ def test_no_compiler_warns_once_and_falls_back(monkeypatch, tmp_path):
 def test_registry():
     assert isinstance(build_model("seed"), SeedCNN)
     assert isinstance(build_model("improved"), ImprovedCNN)
+
+
+def test_damaged_cached_kernel_is_rebuilt(monkeypatch, tmp_path):
+    """A cached build that is not a loadable library (e.g. a disk that filled up) is rebuilt, not fatal."""
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(fastpath, "_tried", False)
+    monkeypatch.setattr(fastpath, "_lib", None)
+    path = fastpath._so_path(cc, list(fastpath._FLAGS[0]))
+    path.write_bytes(b"not a shared library")
+    assert fastpath.kernel() is not None, fastpath._why_not
+    assert path.read_bytes()[:4] == b"\x7fELF"
