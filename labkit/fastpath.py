@@ -1,4 +1,4 @@
-"""SeedCNN's conv + max-pool as one compiled CPU kernel (convpool.c), built with the C compiler on first use."""
+"""SeedCNN's fast path: conv + max-pool in one C kernel (convpool.c, compiled on first use), fc1 and fc2 through W2 @ W1."""
 from __future__ import annotations
 
 import ctypes

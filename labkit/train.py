@@ -195,7 +195,7 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003) if cfg.augment else None
     background = to_input(torch.zeros((), dtype=torch.uint8), cfg.normalize).item()  # a 0 pixel as the model sees it
     run_provenance = provenance(device)  # once, at the start of the run
-    result = {"seed": cfg.seed, "precision": precision, "epochs": [], "wall_seconds": 0.0}
+    result = {"seed": cfg.seed, "precision": precision, "provenance": run_provenance, "epochs": [], "wall_seconds": 0.0}
     t_run = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         # The shuffle exactly as the report's DataLoader(shuffle=True) draws it, so seed 1 replays
@@ -332,7 +332,8 @@ def train_runs(cfg: TrainConfig, runs: int = 1, out_dir=None, resume: bool = Tru
             except json.JSONDecodeError:
                 old = {}
             if _comparable(old.get("config", {})) == _comparable(cfg.to_dict()):
-                done = {r["seed"]: r for r in old.get("runs", [])
+                done = {r["seed"]: {**r, "provenance": r.get("provenance", old.get("provenance"))}  # each run keeps its own
+                        for r in old.get("runs", [])
                         if len(r["epochs"]) == cfg.epochs and (out_dir / f"run-seed{r['seed']}.pt").exists()}
     progress = progress if progress is not None else Progress(runs, cfg.epochs)
     data = mnist_tensors(cfg.limit_train, device)
@@ -341,7 +342,9 @@ def train_runs(cfg: TrainConfig, runs: int = 1, out_dir=None, resume: bool = Tru
         seed = cfg.seed + i
         if seed in done:
             metrics["runs"].append(done[seed])
-            print(f"run {i + 1}/{runs} (seed {seed}): finished earlier, loaded from {out_dir.name}/metrics.json")
+            then = (done[seed].get("provenance") or {}).get("git_commit", "unknown")
+            note = "" if then == metrics["provenance"]["git_commit"] else f" (trained at commit {then[:12]}, code now at {metrics['provenance']['git_commit'][:12]})"
+            print(f"run {i + 1}/{runs} (seed {seed}): finished earlier, loaded from {out_dir.name}/metrics.json{note}")
             if keep_models:
                 models.append(load_checkpoint(out_dir / f"run-seed{seed}.pt", device)[0])
             continue

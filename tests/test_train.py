@@ -194,6 +194,7 @@ def test_interrupted_runs_keep_finished_work_and_resume(tmp_path, small_data, ca
     resumed = train_runs(cfg, runs=2, out_dir=out, progress=Progress(live=False, stream=open("/dev/null", "w")))
     assert "finished earlier" in capsys.readouterr().out
     assert resumed["runs"][0]["epochs"] == saved["runs"][0]["epochs"]  # loaded, not retrained
+    assert resumed["runs"][0]["provenance"] == saved["runs"][0]["provenance"]  # with the provenance it was made with
     assert len(resumed["runs"][1]["epochs"]) == 2
     fresh = train_runs(cfg.replace(seed=2), runs=1, progress=Progress(live=False, stream=open("/dev/null", "w")))
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
