@@ -146,6 +146,11 @@ def _to_chw(m):  # the inverse of _to_hwc
     return m.view(-1, 196, 16).transpose(1, 2).reshape(-1, 3136)
 
 
+def _chain_logits(h, m, b1, w2, b2):
+    """Logits (B, 10) = h @ m.T + (W2 b1 + b2), with m = W2 @ W1 in h's column order."""
+    return torch.addmm(torch.addmv(b2, w2, b1), h, m.t())
+
+
 def _chain_grads(g, a, w1, b1, w2):
     """fc1's and fc2's gradients from g (B, 10) at the logits and a = g^T h (10, 3136), h in (C, H, W) order."""
     gs = g.sum(0)  # (10,)
@@ -164,7 +169,7 @@ class _SeedFused(torch.autograd.Function):
         h = h.flatten(1)  # (B, 3136), channels last
         mh = _to_hwc(w2 @ w1)  # (10, 3136): the two linear layers as one map, columns in h's order
         ctx.save_for_backward(x, arg, h, w1, b1, w2, mh)
-        return torch.addmm(torch.addmv(b2, w2, b1), h, mh.t())  # (B, 10)
+        return _chain_logits(h, mh, b1, w2, b2)  # (B, 10)
 
     @staticmethod
     def backward(ctx, g):  # g: (B, 10)
@@ -186,7 +191,7 @@ def seed_forward(x, conv, fc1, fc2) -> torch.Tensor:
         return _SeedFused.apply(x, *params)
     with torch.no_grad():
         h = _conv_pool(x, conv.weight, conv.bias, want_arg=False)[0].flatten(1)  # (B, 3136)
-        return torch.addmm(torch.addmv(fc2.bias, fc2.weight, fc1.bias), h, _to_hwc(fc2.weight @ fc1.weight).t())
+        return _chain_logits(h, _to_hwc(fc2.weight @ fc1.weight), fc1.bias, fc2.weight, fc2.bias)
 
 
 class _LinearChain(torch.autograd.Function):
@@ -196,7 +201,7 @@ class _LinearChain(torch.autograd.Function):
     def forward(ctx, h, w1, b1, w2, b2):
         m = w2 @ w1  # (10, 3136): the two layers as one map
         ctx.save_for_backward(h, w1, b1, w2, m)
-        return torch.addmm(torch.addmv(b2, w2, b1), h, m.t())  # (B, 10)
+        return _chain_logits(h, m, b1, w2, b2)  # (B, 10)
 
     @staticmethod
     def backward(ctx, g):  # g: (B, 10)

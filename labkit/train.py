@@ -194,8 +194,10 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
         raise ValueError(f"schedule must be 'constant' or 'onecycle', not {cfg.schedule!r}")
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003) if cfg.augment else None
     background = to_input(torch.zeros((), dtype=torch.uint8), cfg.normalize).item()  # a 0 pixel as the model sees it
-    run_provenance = provenance(device)  # once, at the start of the run
-    result = {"seed": cfg.seed, "precision": precision, "provenance": run_provenance, "epochs": [], "wall_seconds": 0.0}
+    result = {"seed": cfg.seed, "precision": precision, "provenance": provenance(device), "epochs": [], "wall_seconds": 0.0}
+    first11 = torch.arange(n, device=device) % cfg.batch_size < 11  # the report's `if i > outputs.shape[1]: break`
+    sizes = torch.full((steps,), float(cfg.batch_size), device=device)  # samples per batch
+    sizes[-1] = n - (steps - 1) * cfg.batch_size
     t_run = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         # The shuffle exactly as the report's DataLoader(shuffle=True) draws it, so seed 1 replays
@@ -235,9 +237,6 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         hit = pred == y_epoch
-        first11 = torch.arange(n, device=device) % cfg.batch_size < 11  # the report's `if i > outputs.shape[1]: break`
-        sizes = torch.full((steps,), float(cfg.batch_size), device=device)
-        sizes[-1] = n - (steps - 1) * cfg.batch_size
         ev = evaluate(model, x_test, y_test, cfg)
         rep = report_test_counting(ev, y_test)
         row = {
@@ -256,7 +255,7 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
         result["epochs"].append(row)
         result["wall_seconds"] = round(time.perf_counter() - t_run, 3)  # training + evaluation so far
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model, cfg, result, run_provenance)
+            save_checkpoint(checkpoint, model, cfg, result)
         if on_epoch is not None:
             on_epoch(result, row)
         if progress is not None:
@@ -265,7 +264,7 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
     return result
 
 
-def save_checkpoint(path: Path, model, cfg: TrainConfig, result: dict, prov: dict | None = None) -> None:
+def save_checkpoint(path: Path, model, cfg: TrainConfig, result: dict) -> None:
     """State dict with the config, metrics and provenance that produced it, written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,8 +272,8 @@ def save_checkpoint(path: Path, model, cfg: TrainConfig, result: dict, prov: dic
         "model": cfg.model,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": cfg.to_dict(),
-        "metrics": {k: v for k, v in result.items() if k != "final_model"},
-        "provenance": prov if prov is not None else provenance(resolve_device(cfg.device)),
+        "metrics": {k: v for k, v in result.items() if k not in ("final_model", "provenance")},
+        "provenance": result.get("provenance") or provenance(resolve_device(cfg.device)),
     }
     _atomic_write(path, lambda p: torch.save(payload, p))
 

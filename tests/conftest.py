@@ -13,3 +13,12 @@ def small_data():
     from labkit.train import mnist_tensors
 
     return mnist_tensors(limit_train=2000, device="cpu")
+
+
+@pytest.fixture
+def no_kernel(monkeypatch):
+    """SeedCNN without its compiled kernel: torch's conv2d + max_pool2d, fc1 and fc2 through W2 @ W1."""
+    from labkit import fastpath
+
+    monkeypatch.setattr(fastpath, "_tried", True)
+    monkeypatch.setattr(fastpath, "_lib", None)

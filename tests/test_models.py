@@ -27,12 +27,6 @@ def test_same_state_dict_as_the_reports_net():
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-3)
 
 
-def _no_kernel(monkeypatch):
-    """Make SeedCNN take its fallback path (torch conv2d + max_pool2d, fc1 and fc2 through W2 @ W1)."""
-    monkeypatch.setattr(fastpath, "_tried", True)
-    monkeypatch.setattr(fastpath, "_lib", None)
-
-
 def _logits_and_grads(model, fwd, x, y):
     model.zero_grad()
     out = fwd(x)
@@ -42,12 +36,12 @@ def _logits_and_grads(model, fwd, x, y):
 
 @pytest.mark.parametrize("path", ["kernel", "fallback"])
 @pytest.mark.parametrize("batch", [64, 1, 37])
-def test_fast_forward_matches_reference_values_and_gradients(path, batch, monkeypatch):
+def test_fast_forward_matches_reference_values_and_gradients(path, batch, request):
     """SeedCNN.forward (fused kernel, or the fallback) against the report's forward: logits and every gradient."""
     from labkit.data import load_mnist
 
     if path == "fallback":
-        _no_kernel(monkeypatch)
+        request.getfixturevalue("no_kernel")
     images, labels = load_mnist("train")
     x = torch.tensor(images[:batch]).unsqueeze(1).float()  # real digits: many exact ties in the background
     y = torch.tensor(labels[:batch]).long()

@@ -39,13 +39,10 @@ def reference_loop(cfg, data):
 
 
 @pytest.mark.parametrize("path", ["kernel", "fallback"])
-def test_fast_path_matches_reference_loop(small_data, path, monkeypatch):
+def test_fast_path_matches_reference_loop(small_data, path, request):
     """labkit's per-epoch numbers and final weights against a plain DataLoader loop: same seed, same batches."""
     if path == "fallback":  # torch's conv2d + max_pool2d instead of the compiled kernel
-        from labkit import fastpath
-
-        monkeypatch.setattr(fastpath, "_tried", True)
-        monkeypatch.setattr(fastpath, "_lib", None)
+        request.getfixturevalue("no_kernel")
     cfg = recipe("seed", epochs=2, limit_train=2000, device="cpu")
     ref_rows, ref_model = reference_loop(cfg, small_data)
     result = train_run(cfg, data=small_data)
