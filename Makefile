@@ -20,10 +20,10 @@ test: install
 	$(PY) -m pytest --nbval-lax --nbval-current-env tests notebooks
 
 report: install
-	$(VENV)/bin/labkit report -f $(PARAMS)
+	$(VENV)/bin/labkit run-notebooks -f $(PARAMS)
 
 benchmark: install
 	$(PY) benchmarks/train_speed.py
 
 clean:
-	rm -rf $(VENV) outputs/report-* outputs/train-*
+	rm -rf $(VENV) outputs/notebooks-* outputs/train-*

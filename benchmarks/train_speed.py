@@ -1,18 +1,23 @@
-"""Seconds per epoch: the report's training loop vs labkit's, measured side by side.
+"""Seconds per epoch: the report's training loop vs labkit's, per CPU level, measured side by side.
 
-    python benchmarks/train_speed.py [--rounds 10] [--no-improved] [--profile]
+    python benchmarks/train_speed.py [--rounds 10] [--no-improved] [--levels all|native|x86-64-v3,...] [--profile]
 
 Each contender trains in its own worker process (so peak memory is its own, and the report's
-process never imports labkit.train, whose flush-to-zero setting would speed it up). The workers
-take turns, one epoch at a time, never overlapping: round r times epoch r of each, so both are at
-the same point of training. Prints seconds per epoch (median and spread), the ratio, samples per
-second and peak RSS. With a GPU it also times the report's full protocol (10 runs x 50 epochs).
-See benchmarks/NOTES.md for what was tried and what each thing gave.
+process never imports labkit.train, whose flush-to-zero setting would speed it up). labkit's
+baseline runs once per CPU level this host can run (LABKIT_CPU_LEVEL = x86-64-v2, -v3 = AVX2,
+-v4 = AVX-512, native), so an AVX-512 machine shows what an AVX2 CPU gets, and once without the
+kernel (LABKIT_NO_KERNEL: torch's ops; slower than the report's loop would be a bug). The workers
+take turns, one epoch at a time, never overlapping: round r times epoch r of each, so all are at
+the same point of training. Prints the CPU, seconds per epoch (median and spread), each ratio to
+the report's loop, samples per second and peak RSS. With a GPU it also times the report's full
+protocol (10 runs x 50 epochs). See benchmarks/NOTES.md for what was tried and what each thing gave.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -22,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))  # tests/reference: the report's loop
 
 N_TRAIN = 60_000
 
@@ -47,9 +52,10 @@ def worker(kind: str, rounds: int) -> None:
     import torch
 
     if kind == "report":
-        import report_loop as R
+        from reference import report_loop as R
 
         state = R.setup(R.prepare_mnist_dir())
+        _send({"ready": True})
         for _ in range(rounds):
             _wait_go()
             t0 = time.perf_counter()
@@ -58,10 +64,13 @@ def worker(kind: str, rounds: int) -> None:
             _send({"seconds": time.perf_counter() - t0, "peak_mb": _peak_mb(), "train_acc": out["train_acc"]})
         _wait_go()  # exit only when the parent closes: a worker's teardown must not overlap another's epoch
         return
+    from labkit import fastpath
     from labkit.config import recipe
     from labkit.train import train_run
 
-    cfg = recipe("seed" if kind == "labkit" else "improved", epochs=rounds, device="cpu")
+    cfg = recipe("improved" if kind == "improved" else "baseline", epochs=rounds, device="cpu")
+    k = fastpath.kernel()  # compile (or load) the conv-pool kernel before the clock starts
+    _send({"ready": True, "kernel": repr(k) if k else f"none ({fastpath.kernel_error() or 'off'})"})
 
     def on_epoch(result, row):
         _send({"seconds": row["seconds"], "peak_mb": _peak_mb(), "train_acc": row["train_acc"],
@@ -69,9 +78,6 @@ def worker(kind: str, rounds: int) -> None:
         if row["epoch"] < rounds:
             _wait_go()
 
-    from labkit import fastpath
-
-    fastpath.kernel()  # compile (or load) the conv-pool kernel before the clock starts
     _wait_go()
     train_run(cfg, on_epoch=on_epoch)
     _wait_go()
@@ -89,21 +95,25 @@ class _quiet:
 
 
 class Worker:
-    def __init__(self, kind: str, rounds: int):
+    def __init__(self, kind: str, rounds: int, env: dict[str, str]):
         self.kind = kind
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", kind, "--rounds", str(rounds)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, cwd=ROOT)
+                                     text=True, cwd=ROOT, env={**os.environ, **env})
+        self.hello = self._read()  # built and loaded, before any clock starts
 
-    def epoch(self) -> dict:
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
+    def _read(self) -> dict:
         while True:
             line = self.proc.stdout.readline()
             if not line:
                 raise RuntimeError(f"{self.kind} worker died (exit {self.proc.wait()})")
             if line.startswith("@@"):
                 return json.loads(line[2:])
+
+    def epoch(self) -> dict:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        return self._read()
 
     def close(self):
         self.proc.stdin.close()
@@ -117,7 +127,7 @@ def profile_steps(n: int = 20) -> None:
     from torch.profiler import profile
 
     from labkit.data import load_mnist
-    from labkit.models import SeedCNN
+    from labkit.models import BaselineCNN
 
     images, labels = load_mnist("train")
     x = torch.tensor(images[:128]).unsqueeze(1).float()
@@ -128,9 +138,9 @@ def profile_steps(n: int = 20) -> None:
     # subnormal), then labkit's (fused conv-pool kernel, fc2 @ fc1 products, fused SGD, subnormal
     # gradients flushed).
     for name, fwd in (("report's step (conv, max_pool2d, two Linear), saturated batch", "forward_reference"),
-                      ("labkit's step (conv-pool kernel, W2 @ W1 chain, fused SGD), same batch", "forward")):
+                      ("labkit's step (conv_pool op, W2 @ W1 chain, fused SGD), same batch", "forward")):
         torch.manual_seed(1)
-        model = SeedCNN()
+        model = BaselineCNN()
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, fused=fwd == "forward")
 
         def step():
@@ -157,60 +167,99 @@ def gpu_protocol() -> None:
 
     from labkit.config import recipe
     from labkit.progress import Progress
-    from labkit.train import summarize, train_runs
+    from labkit.stats import summarize
+    from labkit.train import train_runs
 
     t0 = time.perf_counter()
-    metrics = train_runs(recipe("seed", device="cuda"), runs=10, progress=Progress(10, 50, live=False, stream=sys.stderr))
+    metrics = train_runs(recipe("baseline", device="cuda"), runs=10, progress=Progress(10, 50, live=False, stream=sys.stderr))
     wall = time.perf_counter() - t0
     s = summarize(metrics)
     print(f"\nGPU ({torch.cuda.get_device_name()}): report protocol, 10 runs x 50 epochs: {wall:.1f} s wall; "
           f"test acc mean {s['test']['mean']:.4f}")
 
 
+def _levels(arg: str) -> list[str]:
+    from labkit import fastpath
+
+    if arg == "all":
+        return fastpath.supported_levels()
+    levels = arg.split(",")
+    for lv in levels:
+        if lv not in fastpath.supported_levels():
+            raise SystemExit(f"train_speed: level {lv!r} is not one this CPU runs ({', '.join(fastpath.supported_levels())})")
+    return levels
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=10, help="epochs timed per contender (default 10)")
     ap.add_argument("--no-improved", action="store_true", help="skip the improved model")
+    ap.add_argument("--levels", default="all", help="CPU levels for labkit's baseline: all (default: every level "
+                    "this CPU runs), or a comma-separated list of x86-64-v2, x86-64-v3, x86-64-v4, native")
+    ap.add_argument("--no-fallback", action="store_true", help="skip the torch-ops fallback (no kernel)")
     ap.add_argument("--profile", action="store_true", help="also print a per-op profile of one step")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker, args.rounds)
 
-    import platform
-
     import torch
 
-    kinds = ["report", "labkit"] + ([] if args.no_improved else ["improved"])
+    from labkit import fastpath
+
+    contenders = {"report": {}}  # name -> environment of its worker
+    for lv in _levels(args.levels):
+        contenders[f"labkit {lv}"] = {"LABKIT_CPU_LEVEL": lv}
+    if not args.no_fallback:
+        contenders["labkit no kernel"] = {"LABKIT_NO_KERNEL": "1"}
+    if not args.no_improved:
+        contenders["improved"] = {}
+    native = os.environ.get("LABKIT_CPU_LEVEL") or "native"
     print(f"train_speed: {args.rounds} round(s), one epoch of 60,000 images per contender per round, taking turns")
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; started {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    workers = {k: Worker(k, args.rounds) for k in kinds}
-    results = {k: [] for k in kinds}
+    print(f"CPU: {fastpath.cpu_name()} ({platform.machine()}); levels it runs: {', '.join(fastpath.supported_levels())}")
+    print(f"ISA: {fastpath.isa_summary()}")
+    print(f"labkit's default level here: {fastpath.cpu_level()} (LABKIT_CPU_LEVEL={native}); torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, torch's own CPU capability {torch.backends.cpu.get_cpu_capability()}; "
+          f"started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    workers = {}
     try:
+        for k, env in contenders.items():
+            workers[k] = Worker(k.split()[0] if k.startswith(("report", "improved")) else "labkit", args.rounds, env)
+            if "kernel" in workers[k].hello:
+                print(f"  {k:<18} kernel: {workers[k].hello['kernel']}")
+        results = {k: [] for k in contenders}
         for r in range(args.rounds):
-            for k in kinds:
+            for k in contenders:
                 res = workers[k].epoch()
                 results[k].append(res)
-                print(f"  round {r + 1}  {k:<8} {res['seconds']:6.2f} s  train acc {res['train_acc']:.4f}", flush=True)
+                print(f"  round {r + 1}  {k:<18} {res['seconds']:6.2f} s  train acc {res['train_acc']:.4f}", flush=True)
     finally:
         for w in workers.values():
             w.close()
 
-    labels = {"report": "report's loop (SeedCNN)", "labkit": "labkit (SeedCNN)",
-              "improved": f"labkit (improved, {results.get('improved', [{}])[-1].get('precision', '?')})"}
-    print(f"\n{'contender':<26} {'s/epoch median':>15} {'min-max':>13} {'samples/s':>10} {'peak RSS':>9}")
-    med = {}
-    for k in kinds:
+    print(f"\n{'contender (model)':<32} {'s/epoch median':>15} {'min-max':>13} {'vs report':>9} {'samples/s':>10} {'peak RSS':>9}")
+    med = {k: statistics.median(x["seconds"] for x in results[k]) for k in contenders}
+    for k in contenders:
         secs = [x["seconds"] for x in results[k]]
-        med[k] = statistics.median(secs)
         peak = max(x["peak_mb"] for x in results[k])
-        print(f"{labels[k]:<26} {med[k]:>15.2f} {min(secs):>6.2f}-{max(secs):<6.2f} {N_TRAIN / med[k]:>10,.0f} {peak:>7,.0f} MB")
-    ratios = [a["seconds"] / b["seconds"] for a, b in zip(results["report"], results["labkit"])]
-    print(f"\nspeed-up of labkit over the report's loop (SeedCNN, same epochs): median {statistics.median(ratios):.2f}x "
-          f"(per round: {', '.join(f'{x:.2f}' for x in ratios)}); target >= 3x")
-    print(f"report protocol (10 runs x 50 epochs), training passes only: labkit ~{med['labkit'] * 500 / 60:.1f} min, "
-          f"the report's loop ~{med['report'] * 500 / 60:.1f} min")
+        label = {"report": "report's loop (baseline)",
+                 "improved": f"labkit (improved, {results[k][-1].get('precision', '?')})"}.get(k, f"{k} (baseline)")
+        ratios = [a["seconds"] / b["seconds"] for a, b in zip(results["report"], results[k])]
+        print(f"{label:<32} {med[k]:>15.2f} {min(secs):>6.2f}-{max(secs):<6.2f} {statistics.median(ratios):>8.2f}x "
+              f"{N_TRAIN / med[k]:>10,.0f} {peak:>7,.0f} MB")
+    print()
+    for k in contenders:
+        if k.startswith("labkit"):
+            ratios = [a["seconds"] / b["seconds"] for a, b in zip(results["report"], results[k])]
+            target = ("target > 1x: a fallback slower than the report's loop is a bug" if "no kernel" in k
+                      else "target >= 3x")
+            kern = workers[k].hello.get("kernel", "")
+            print(f"speed-up of {k} over the report's loop: median {statistics.median(ratios):.2f}x "
+                  f"(per round: {', '.join(f'{x:.2f}' for x in ratios)}); {target}; kernel {kern}")
+    best = min((k for k in contenders if k.startswith("labkit") and "no kernel" not in k), key=med.get, default=None)
+    if best:
+        print(f"report protocol (10 runs x 50 epochs), training passes only: {best} ~{med[best] * 500 / 60:.1f} min, "
+              f"the report's loop ~{med['report'] * 500 / 60:.1f} min")
     if args.profile:
         profile_steps()
     if torch.cuda.is_available():

@@ -23,18 +23,30 @@ REPORT_TABLE = {
 }
 
 
+# The allowed values of TrainConfig's choice fields, declared once (the CLI's choices come from here).
+MODEL_NAMES = ("baseline", "improved")  # "baseline": the report's Net; "improved": labkit's CNN
+PRECISIONS = ("fp32", "bf16", "auto")
+DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("constant", "onecycle")
+N_TRAIN = 60_000  # MNIST training images
+
+
+class ConfigError(ValueError):
+    """A TrainConfig field holds a value it cannot take."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every hyperparameter of a training run; defaults are the report's recipe."""
 
-    model: str = "seed"  # "seed" (the report's Net) or "improved"
+    model: str = "baseline"  # one of MODEL_NAMES: "baseline" (the report's Net) or "improved"
     epochs: int = 50  # passes over the training set; the report used 50
     batch_size: int = 128  # the report's BATCH_SIZE
     lr: float = 1e-4  # peak learning rate; the report's SGD used 1e-4
     momentum: float = 0.9  # SGD momentum, as in the report
     nesterov: bool = False  # Nesterov momentum (the report: plain)
     weight_decay: float = 0.0  # L2 on weights (the report: none)
-    schedule: str = "constant"  # "constant" (the report) or "onecycle"
+    schedule: str = "constant"  # one of SCHEDULES: "constant" (the report) or "onecycle"
     min_peak_steps: int = 120  # one-cycle: a run of fewer steps scales its peak lr by steps / min_peak_steps (24 steps at lr 0.1 diverge)
     label_smoothing: float = 0.0  # cross-entropy label smoothing (the report: none)
     normalize: bool = False  # False: raw 0-255 pixels as the report fed them; True: MNIST mean/std
@@ -43,7 +55,25 @@ class TrainConfig:
     limit_train: int | None = None  # train on the first N training images only (None: all 60,000)
     eval_batch: int = 1000  # test-set chunk size; chunks of 1000 beat one 10k batch on CPU
     precision: str = "fp32"  # training arithmetic: "fp32" (the report), "bf16" autocast, or "auto": bf16 where the hardware has it (CUDA, CPUs with AMX), else fp32; evaluation is always fp32
-    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
+    device: str = "auto"  # one of DEVICES: "auto" (CUDA when present), "cpu" or "cuda"
+
+    def __post_init__(self):
+        """Refuse values no run can use, with one line saying which and why."""
+        for name, allowed in (("model", MODEL_NAMES), ("precision", PRECISIONS), ("device", DEVICES),
+                              ("schedule", SCHEDULES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size", "eval_batch", "min_peak_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}")
+        if self.limit_train is not None and (isinstance(self.limit_train, bool) or not isinstance(self.limit_train, int)
+                                             or not 1 <= self.limit_train <= N_TRAIN):
+            raise ConfigError(f"limit_train must be None or 1..{N_TRAIN:,}, not {self.limit_train!r}")
+        if not self.lr > 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"need lr > 0, 0 <= momentum < 1, weight_decay >= 0, 0 <= label_smoothing < 1 "
+                              f"(got lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay}, "
+                              f"label_smoothing={self.label_smoothing})")
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with some fields changed."""
@@ -55,7 +85,7 @@ class TrainConfig:
 
 # Each model's full recipe: only what differs from the report's defaults.
 RECIPES: dict[str, dict] = {
-    "seed": {},
+    "baseline": {},
     "improved": dict(
         model="improved", epochs=8, batch_size=128, lr=0.1, momentum=0.9, nesterov=True,
         weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, normalize=True, augment=True,
@@ -64,10 +94,10 @@ RECIPES: dict[str, dict] = {
 }
 
 
-def recipe(model: str = "seed", **overrides) -> TrainConfig:
+def recipe(model: str = "baseline", **overrides) -> TrainConfig:
     """The full recipe of `model`, with `overrides` (None values ignored) applied."""
     if model not in RECIPES:
-        raise ValueError(f"unknown model {model!r}; choose from {sorted(RECIPES)}")
+        raise ConfigError(f"model must be one of {', '.join(MODEL_NAMES)}, not {model!r}")
     fields = {**RECIPES[model], "model": model}
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**fields)

@@ -12,11 +12,7 @@ import torch
 from .config import DEFAULT_CHECKPOINT, PROJECT_ROOT
 from .preprocess import METHODS, ImageError
 from .preprocess import preprocess as preprocess_image  # the parameter `preprocess` names the method
-from .train import load_checkpoint, predict_proba
-
-
-class CheckpointError(ValueError):
-    """A model checkpoint is missing or unreadable."""
+from .checkpoint import CheckpointError, load_checkpoint, predict_proba
 
 
 def display_path(path) -> str:

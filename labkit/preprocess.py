@@ -17,15 +17,18 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import warnings
-from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+from .safeio import ReadRefused, read_at_most, read_regular
 
 METHODS = ("mnist", "report")
 WORK_SIDE = 640  # photos are downscaled to at most this side before the heavy steps
 _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
+MAX_IMAGE_BYTES = 50_000_000  # larger files are refused before reading (a 12 MP JPEG is ~5 MB)
 
 
 class ImageError(ValueError):
@@ -42,29 +45,32 @@ class ImageError(ValueError):
 
 
 def _read_source(source, name=None) -> tuple[bytes | Image.Image, str]:
-    """(bytes or PIL Image, display name) of any accepted input."""
+    """(bytes or PIL Image, display name) of any accepted input; at most MAX_IMAGE_BYTES are read,
+    from a regular file only (a FIFO or a device such as /dev/zero is refused without reading)."""
     if isinstance(source, Image.Image):
         return source, name or getattr(source, "filename", "") or "<image>"
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), name or "<bytes>"
+        name = name or "<bytes>"
+        size = memoryview(source).nbytes
+        if size > MAX_IMAGE_BYTES:
+            raise ImageError(name, f"{size:,} bytes, over the limit of {MAX_IMAGE_BYTES:,} bytes")
+        return bytes(source), name
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
         name = name or str(source)
         try:
-            return path.read_bytes(), name
-        except FileNotFoundError:
-            raise ImageError(name, "file not found") from None
-        except IsADirectoryError:
-            raise ImageError(name, "is a directory, not an image file") from None
-        except PermissionError:
-            raise ImageError(name, "permission denied") from None
-        except OSError as e:
-            raise ImageError(name, f"cannot read the file ({e.strerror or e})") from None
+            return read_regular(source, MAX_IMAGE_BYTES, "an image file"), name
+        except ReadRefused as e:
+            raise ImageError(name, e.problem) from None
     if hasattr(source, "read"):
         name = name or str(getattr(source, "name", "") or "<file>")
-        data = source.read()
+        try:
+            data = read_at_most(source, MAX_IMAGE_BYTES)
+        except TypeError:  # a text-mode file object: its read returns str, joining fails
+            data = None
         if not isinstance(data, (bytes, bytearray)):
             raise ImageError(name, "file object must be opened in binary mode")
+        if len(data) > MAX_IMAGE_BYTES:
+            raise ImageError(name, f"more than {MAX_IMAGE_BYTES:,} bytes, over the limit")
         return bytes(data), name
     raise TypeError(f"expected a path, bytes, a binary file object or a PIL Image, not {type(source).__name__}")
 
@@ -93,8 +99,9 @@ def open_image(source, name=None, draft: int | None = None) -> tuple[Image.Image
                 img.draft(img.mode, (draft, draft))
             img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageError(name, f"image too large to decode safely ({_bomb_size(e)}; Pillow's "
-                                   f"decompression-bomb limit is {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
+            raise ImageError(name, f"image too large to decode safely: {_bomb_size(data, e)} "
+                                   f"(the limit is {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's "
+                                   f"decompression-bomb guard)") from None
         except UnidentifiedImageError:
             raise ImageError(name, f"not an image ({len(data):,} bytes in no format Pillow can read)") from None
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
@@ -105,9 +112,37 @@ def open_image(source, name=None, draft: int | None = None) -> tuple[Image.Image
     return img, name
 
 
-def _bomb_size(e: Exception) -> str:
-    words = [w for w in str(e).split() if w.isdigit()]
-    return f"{int(words[0]):,} pixels" if words else "too many pixels"
+def _bomb_size(data: bytes, e: Exception) -> str:
+    """'W x H = N pixels' of the image the header declares (the refused size, not Pillow's limit)."""
+    size = _header_size(data)
+    if size is not None:
+        w, h = size
+        return f"{w}x{h} = {w * h:,} pixels"
+    m = re.search(r"\((\d+) pixels\)", str(e))  # Pillow: "Image size (N pixels) exceeds limit of M ..."
+    return f"{int(m.group(1)):,} pixels" if m else "too many pixels"
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image's header alone: the format plugin that Image.open would pick,
+    without its decompression-bomb check (that check is what refused the image)."""
+    Image.init()
+    prefix = data[:16]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for fmt in Image.ID:
+            factory, accept = Image.OPEN[fmt]
+            try:
+                ok = accept(prefix) if accept is not None else True
+                if not ok or isinstance(ok, str):  # a str is Pillow's "looks like it, but unsupported"
+                    continue
+                im = factory(io.BytesIO(data), "")
+            except Exception:  # not this format
+                continue
+            try:
+                return tuple(im.size)
+            finally:
+                im.close()
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,3 +447,12 @@ def preprocess(image, method: str = "mnist", name=None) -> np.ndarray:
     if method == "report":
         return report_preprocess(image, name)
     raise ValueError(f"preprocess method must be one of {METHODS}, not {method!r}")
+
+
+def as_viewed(source, name=None) -> Image.Image:
+    """The picture as an image viewer shows it: EXIF-rotated, any other mode as the grayscale the pipeline starts from."""
+    img, _ = open_image(source, name)
+    img = ImageOps.exif_transpose(img)
+    if img.mode not in ("RGB", "L"):  # alpha over white, palettes, 16-bit scans
+        img = Image.fromarray(np.round(to_gray(img) * 255).astype(np.uint8))
+    return img

@@ -177,19 +177,20 @@ def custom_plan(per_digit: int = 6, seed: int = CUSTOM_SEED) -> list[dict]:
     return plan
 
 
-def render_custom(per_digit: int = 6, seed: int = CUSTOM_SEED) -> list[tuple[str, bytes, dict]]:
-    """[(file name, bytes, plan row)] of the committed custom set."""
+def render_custom(per_digit: int = 6, seed: int = CUSTOM_SEED) -> list[dict]:
+    """The committed custom set as rows {name, data, label, style, index, n} (index: the MNIST test image)."""
     images, _ = load_mnist("test")
     out = []
     for row in custom_plan(per_digit, seed):
         rng = np.random.default_rng([seed, row["index"]])
         data, ext = render(images[row["index"]], row["style"], rng)
-        out.append((f"{row['digit']}_{row['style']}_{row['n']:02d}.{ext}", data, row))
+        out.append({"name": f"{row['digit']}_{row['style']}_{row['n']:02d}.{ext}", "data": data,
+                    "label": row["digit"], "style": row["style"], "index": row["index"], "n": row["n"]})
     return out
 
 
 def render_heldout(n: int = 1000, seed: int = HELDOUT_SEED):
-    """Yield (name, bytes, label) of `n` MNIST test images 5000-9999 rendered in all styles.
+    """Yield rows {name, data, label, style, index} of `n` MNIST test images 5000-9999 rendered in all styles.
 
     Never committed and never used for tuning: the "MNIST test digits rendered as photos" set.
     """
@@ -199,4 +200,4 @@ def render_heldout(n: int = 1000, seed: int = HELDOUT_SEED):
     for k, i in enumerate(idx.tolist()):
         style = STYLES[k % len(STYLES)]
         data, ext = render(images[i], style, np.random.default_rng([seed, i]))
-        yield f"{labels[i]}_{style}_{i}.{ext}", data, int(labels[i])
+        yield {"name": f"{labels[i]}_{style}_{i}.{ext}", "data": data, "label": int(labels[i]), "style": style, "index": i}

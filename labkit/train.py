@@ -1,102 +1,32 @@
-"""The one training path: epochs, runs, metrics, checkpoints and metrics.json."""
+"""The one training path: the epoch loop of a run, and the runs loop that writes metrics.json."""
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
-import os
-import platform
-import subprocess
+import threading
 import time
+import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import PROJECT_ROOT, TrainConfig
-from .data import MNIST_SHA256, load_mnist
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import OUTPUTS_DIR, TrainConfig
+from .data import mnist_tensors, to_input
+from .device import resolve_device, resolve_precision
 from .models import build_model
+from .records import MetricsError, load_metrics, provenance, save_json, write_csv
 
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # of the training pixels scaled to [0, 1]
 _TINY = torch.finfo(torch.float32).tiny  # smallest normal fp32
 
-# Subnormal floats make CPU matrix multiplies ~100x slower. The report's recipe (raw 0-255
-# pixels) saturates its softmax, so its logit gradients fill with subnormals. Flush-to-zero
-# here covers threads started after this import; the logits hook in train_run covers the rest.
-torch.set_flush_denormal(True)
+
+class TrainingStopped(Exception):
+    """Training was asked to stop (Stop button, Ctrl-C); finished epochs are on disk."""
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" -> CUDA when present, else CPU; "cuda" without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, not {name!r}")
-    return torch.device(name)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"fp32" or "bf16": "auto" picks bf16 only where the hardware does it natively (CUDA, CPUs with AMX)."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)  # private; absent in older torch
-    return "bf16" if device.type == "cpu" and amx() else "fp32"
-
-
-def git_commit() -> str:
-    """HEAD of the project checkout, with '-dirty' if it has changes; 'unknown' outside git."""
-    try:
-        run = lambda *a: subprocess.run(["git", *a], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
-        head = run("rev-parse", "HEAD")
-        if head.returncode != 0:
-            return "unknown"
-        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def provenance(device: torch.device | str = "cpu") -> dict:
-    """Where a result came from: commit, versions, data checksums, device, time."""
-    return {
-        "git_commit": git_commit(),
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),
-        "numpy": np.__version__,
-        "data_sha256": dict(MNIST_SHA256),  # verified on every load_mnist
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name() if str(device).startswith("cuda") else platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def mnist_tensors(limit_train: int | None = None, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """MNIST as uint8 image tensors (N, 1, 28, 28) and int64 labels on `device`."""
-    out = {}
-    for split in ("train", "test"):
-        images, labels = load_mnist(split)
-        if split == "train" and limit_train is not None:
-            if not 0 < limit_train <= len(images):
-                raise ValueError(f"limit_train must be in 1..{len(images)}, got {limit_train}")
-            images, labels = images[:limit_train], labels[:limit_train]
-        out[f"x_{split}"] = torch.tensor(images).unsqueeze(1).to(device)  # (N, 1, 28, 28) uint8
-        out[f"y_{split}"] = torch.tensor(labels, dtype=torch.long).to(device)
-    return out
-
-
-def to_input(x_uint8: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """uint8 pixels -> the float input a model expects (raw 0-255, or MNIST-normalised)."""
-    x = x_uint8.float()
-    return (x / 255 - MNIST_MEAN) / MNIST_STD if normalize else x
+class RunsFolderError(ValueError):
+    """An output folder that cannot take these runs without losing others."""
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, background: float = 0.0,
@@ -126,14 +56,6 @@ def evaluate(model, x_uint8, y, cfg: TrainConfig) -> dict:
     return {"loss": loss.mean().item(), "acc": (pred == y).float().mean().item(), "losses": loss, "pred": pred}
 
 
-@torch.no_grad()
-def predict_proba(model, x_uint8, normalize: bool, batch: int = 1000) -> torch.Tensor:
-    """Softmax probabilities (N, 10), float64, of a model on uint8 images (N, 1, 28, 28), in chunks."""
-    model.eval()
-    return torch.cat([F.softmax(model(to_input(x_uint8[i:i + batch], normalize)).double(), 1)
-                      for i in range(0, len(x_uint8), batch)])
-
-
 def report_test_counting(ev: dict, y: torch.Tensor) -> dict:
     """What the report's test loop printed: batches of 64, first 11 samples each, last batch's loss."""
     idx = torch.arange(len(y), device=y.device)
@@ -156,27 +78,24 @@ def _flush_subnormal(grad: torch.Tensor) -> torch.Tensor:
     return grad.masked_fill(grad.abs() < _TINY, 0.0)
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def save_json(path: Path, obj) -> None:
-    """Write JSON atomically: a run killed mid-write leaves the previous file intact."""
-    _atomic_write(Path(path), lambda p: p.write_text(json.dumps(obj, indent=1)))
-
-
 def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | None = None,
-              on_epoch=None, progress=None) -> dict:
-    """Train one run of `cfg`; returns {seed, epochs: [...], ...}. Numbers depend only on cfg."""
+              on_epoch=None, progress=None, stop: threading.Event | None = None) -> dict:
+    """Train one run of `cfg`; returns {seed, epochs: [...], ...}. Numbers depend only on cfg.
+
+    With `stop` set (from another thread), training ends after the current step by raising
+    TrainingStopped; the epochs finished before it are already in `checkpoint` and on_epoch's files.
+    """
+    # Subnormal floats make CPU matrix multiplies ~100x slower. The report's recipe (raw 0-255
+    # pixels) saturates its softmax, so its logit gradients fill with subnormals. Flush-to-zero
+    # covers threads started after this; the logits hook below covers the rest.
+    torch.set_flush_denormal(True)
     device = resolve_device(cfg.device)
     data = data if data is not None else mnist_tensors(cfg.limit_train, device)
     x_train, y_train, x_test, y_test = data["x_train"], data["y_train"], data["x_test"], data["y_test"]
     n = len(x_train)
     torch.manual_seed(cfg.seed)  # as the report: seeds initialisation and the shuffle
     model = build_model(cfg.model).to(device)
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device, cfg.model)
     amp = precision == "bf16"
     # oneDNN's bf16 convolutions want NHWC: ~3x faster than fp32 NCHW on an AMX CPU, slower without
     channels_last = amp and device.type == "cpu"
@@ -233,6 +152,8 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
                 torch.argmax(logits, 1, out=pred[batch])
             if progress is not None:
                 progress.batch(epoch, b + 1, steps)
+            if stop is not None and stop.is_set():
+                raise TrainingStopped(f"stopped in epoch {epoch} of seed {cfg.seed}; {epoch - 1} finished epoch(s) kept")
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
@@ -264,78 +185,94 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
     return result
 
 
-def save_checkpoint(path: Path, model, cfg: TrainConfig, result: dict) -> None:
-    """State dict with the config, metrics and provenance that produced it, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "model": cfg.model,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "config": cfg.to_dict(),
-        "metrics": {k: v for k, v in result.items() if k not in ("final_model", "provenance")},
-        "provenance": result.get("provenance") or provenance(resolve_device(cfg.device)),
-    }
-    _atomic_write(path, lambda p: torch.save(payload, p))
-
-
-def load_checkpoint(path, device="cpu"):
-    """(model in eval mode, checkpoint dict) from a file save_checkpoint wrote."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = build_model(ckpt["model"]).to(device)
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, ckpt
-
-
 def runs_dir(cfg: TrainConfig) -> Path:
     """outputs/runs/<model>-e<epochs>-<n train>: where a config's runs live, so reruns can resume."""
-    from .config import OUTPUTS_DIR
-
     return OUTPUTS_DIR / "runs" / f"{cfg.model}-e{cfg.epochs}-{'all' if cfg.limit_train is None else cfg.limit_train}"
-
-
-def write_csv(metrics: dict, path) -> None:
-    """Every run's per-epoch numbers as one CSV table (seed, epoch, losses, accuracies, seconds)."""
-    keys = ["train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
-    lines = [",".join(["model", "seed", "epoch", *keys])]
-    for r in metrics["runs"]:
-        for e in r["epochs"]:
-            lines.append(",".join([metrics["config"]["model"], str(r["seed"]), str(e["epoch"]), *(repr(e[k]) for k in keys)]))
-    _atomic_write(Path(path), lambda p: p.write_text("\n".join(lines) + "\n"))
 
 
 def _comparable(config: dict) -> dict:
     """A config minus what runs may differ in; fields newer than a saved config take their defaults."""
+    config = {**config, "model": {"seed": "baseline"}.get(config.get("model"), config.get("model"))}  # old name
     return {k: v for k, v in {**TrainConfig().to_dict(), **config}.items() if k not in ("seed", "device")}
 
 
+def _checkpoint_path(out_dir: Path, seed: int) -> Path:
+    return out_dir / f"run-seed{seed}.pt"
+
+
+def _finished_from_checkpoints(out_dir: Path, cfg: TrainConfig) -> dict[int, dict]:
+    """Runs of `cfg` that finished, rebuilt from the checkpoints in out_dir (each holds its run's metrics)."""
+    done = {}
+    for path in sorted(out_dir.glob("run-seed*.pt")):
+        try:
+            ckpt = load_checkpoint(path)[1]
+        except Exception:  # a damaged checkpoint is one run to retrain, not a reason to stop
+            continue
+        run = {**ckpt.get("metrics", {}), "provenance": ckpt.get("provenance")}
+        if _comparable(ckpt.get("config", {})) != _comparable(cfg.to_dict()):
+            raise RunsFolderError(f"{out_dir} holds a checkpoint of another config ({path.name}); choose another "
+                                  "output folder, or retrain into it without resuming")
+        if isinstance(run.get("seed"), int) and len(run.get("epochs", [])) == cfg.epochs:
+            done[run["seed"]] = run
+    return done
+
+
+def _previous_runs(out_dir: Path, cfg: TrainConfig) -> dict[int, dict]:
+    """Finished runs of `cfg` in out_dir; an unreadable metrics.json is moved aside and rebuilt from checkpoints."""
+    path = out_dir / "metrics.json"
+    try:
+        old = load_metrics(path)
+    except MetricsError as e:
+        aside = path.with_name(f"metrics.json.unreadable-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+        path.replace(aside)
+        done = _finished_from_checkpoints(out_dir, cfg)
+        warnings.warn(f"{e}; kept it as {aside.name} and rebuilt {len(done)} finished run(s) from their checkpoints",
+                      RuntimeWarning, stacklevel=3)
+        return done
+    if _comparable(old["config"]) != _comparable(cfg.to_dict()):
+        differ = sorted(k for k, v in _comparable(cfg.to_dict()).items() if _comparable(old["config"]).get(k) != v)
+        raise RunsFolderError(f"{out_dir} holds runs of another config (differs in {', '.join(differ)}); "
+                              "choose another output folder, or retrain into it without resuming")
+    return {r["seed"]: {**r, "provenance": r.get("provenance", old.get("provenance"))}  # each run keeps its own
+            for r in old["runs"] if len(r["epochs"]) == cfg.epochs and _checkpoint_path(out_dir, r["seed"]).exists()}
+
+
+def check_out_dir(out_dir) -> Path:
+    """out_dir as a Path, refused when it names something that is not a folder."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunsFolderError(f"{out_dir} exists and is not a folder")
+    return out_dir
+
+
 def train_runs(cfg: TrainConfig, runs: int = 1, out_dir=None, resume: bool = True, progress=None,
-               keep_models: bool = False) -> dict:
+               keep_models: bool = False, stop: threading.Event | None = None) -> dict:
     """Train runs with seeds cfg.seed, cfg.seed+1, ...; metrics.json and epochs.csv are rewritten after every epoch.
 
-    With `resume`, runs already finished in out_dir/metrics.json under the same config are kept
-    instead of retrained; a run cut off halfway is trained again from its start.
+    With `resume`, runs already finished in out_dir under the same config are kept instead of
+    retrained (from metrics.json, or from the run checkpoints when metrics.json is unreadable); a run
+    cut off halfway is trained again from its start. A folder holding another config's runs is refused.
     """
     from .progress import Progress
 
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ValueError(f"runs must be a whole number >= 1, not {runs!r}")
     device = resolve_device(cfg.device)
-    out_dir = Path(out_dir) if out_dir is not None else None
-    metrics = {"config": cfg.to_dict(), "runs_requested": runs, "provenance": provenance(device), "runs": []}
+    out_dir = check_out_dir(out_dir) if out_dir is not None else None
     done: dict[int, dict] = {}
+    if out_dir is not None and resume and (out_dir / "metrics.json").exists():
+        done = _previous_runs(out_dir, cfg)
+    data = mnist_tensors(cfg.limit_train, device)
+    metrics = {"config": cfg.to_dict(), "runs_requested": runs, "provenance": provenance(device), "runs": []}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        old_path = out_dir / "metrics.json"
-        if resume and old_path.exists():
-            try:
-                old = json.loads(old_path.read_text())
-            except json.JSONDecodeError:
-                old = {}
-            if _comparable(old.get("config", {})) == _comparable(cfg.to_dict()):
-                done = {r["seed"]: {**r, "provenance": r.get("provenance", old.get("provenance"))}  # each run keeps its own
-                        for r in old.get("runs", [])
-                        if len(r["epochs"]) == cfg.epochs and (out_dir / f"run-seed{r['seed']}.pt").exists()}
+
+    def save():
+        if out_dir is not None:
+            save_json(out_dir / "metrics.json", metrics)
+            write_csv(metrics, out_dir / "epochs.csv")
+
     progress = progress if progress is not None else Progress(runs, cfg.epochs)
-    data = mnist_tensors(cfg.limit_train, device)
     models = []
     for i in range(runs):
         seed = cfg.seed + i
@@ -343,57 +280,23 @@ def train_runs(cfg: TrainConfig, runs: int = 1, out_dir=None, resume: bool = Tru
             metrics["runs"].append(done[seed])
             then = (done[seed].get("provenance") or {}).get("git_commit", "unknown")
             note = "" if then == metrics["provenance"]["git_commit"] else f" (trained at commit {then[:12]}, code now at {metrics['provenance']['git_commit'][:12]})"
-            print(f"run {i + 1}/{runs} (seed {seed}): finished earlier, loaded from {out_dir.name}/metrics.json{note}")
+            print(f"run {i + 1}/{runs} (seed {seed}): finished earlier, loaded from {out_dir.name}{note}")
             if keep_models:
-                models.append(load_checkpoint(out_dir / f"run-seed{seed}.pt", device)[0])
+                models.append(load_checkpoint(_checkpoint_path(out_dir, seed), device)[0])
             continue
-        run_cfg = cfg.replace(seed=seed)
         metrics["runs"].append({"seed": seed, "epochs": []})
 
         def on_epoch(result, row, _slot=len(metrics["runs"]) - 1):
             metrics["runs"][_slot] = {k: v for k, v in result.items() if k != "final_model"}
-            if out_dir is not None:
-                save_json(out_dir / "metrics.json", metrics)
-                write_csv(metrics, out_dir / "epochs.csv")
+            save()
 
         progress.start_run(i, seed)
-        ckpt = out_dir / f"run-seed{seed}.pt" if out_dir is not None else None
-        result = train_run(run_cfg, data=data, checkpoint=ckpt, on_epoch=on_epoch, progress=progress)
+        ckpt = _checkpoint_path(out_dir, seed) if out_dir is not None else None
+        result = train_run(cfg.replace(seed=seed), data=data, checkpoint=ckpt, on_epoch=on_epoch, progress=progress,
+                           stop=stop)
         if keep_models:
             models.append(result["final_model"])
+    save()  # also when every run was loaded: a rebuilt metrics.json is written back
     if keep_models:
         metrics["models"] = models
     return metrics
-
-
-def accuracy_stats(values) -> dict:
-    """best, worst, mean and sample standard deviation (n-1) of a list of accuracies."""
-    v = np.asarray(values, dtype=float)
-    return {"best": v.max(), "worst": v.min(), "mean": v.mean(),
-            "std": v.std(ddof=1) if len(v) > 1 else float("nan"), "n": len(v)}
-
-
-def summarize(metrics: dict) -> dict:
-    """The report's table from final epochs: {"train": stats, "test": stats}."""
-    finals = [r["epochs"][-1] for r in metrics["runs"] if r["epochs"]]
-    return {split: accuracy_stats([f[f"{split}_acc"] for f in finals]) for split in ("train", "test")}
-
-
-def format_table(metrics: dict, report: dict | None = None) -> str:
-    """Per-run final numbers, then best/worst/mean/std rows (with the report's beside them)."""
-    lines = [f"{'seed':>6} {'train acc':>10} {'test acc':>10} {'s/epoch':>8}"]
-    for r in metrics["runs"]:
-        if r["epochs"]:
-            f = r["epochs"][-1]
-            sec = np.median([e["seconds"] for e in r["epochs"]])
-            lines.append(f"{r['seed']:>6} {f['train_acc']:>10.4f} {f['test_acc']:>10.4f} {sec:>8.2f}")
-    stats = summarize(metrics)
-    lines.append("")
-    lines.append(f"{'':<22} {'best':>8} {'worst':>8} {'mean':>9} {'std (n-1)':>10}")
-    for split, name in (("train", "Training accuracy"), ("test", "Test accuracy")):
-        s = stats[split]
-        lines.append(f"{name:<22} {s['best']:>8.4f} {s['worst']:>8.4f} {s['mean']:>9.5f} {s['std']:>10.6f}")
-        if report:
-            r = report[split]
-            lines.append(f"{'  the report':<22} {r['best']:>8.4f} {r['worst']:>8.4f} {r['mean']:>9.5f} {r['std']:>10.6f}")
-    return "\n".join(lines)

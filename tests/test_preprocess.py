@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
-import time
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import labkit.safeio
 from labkit.data import load_mnist
-from labkit.preprocess import ImageError, center_of_mass, mnist_preprocess, preprocess, report_preprocess
+from labkit.preprocess import (MAX_IMAGE_BYTES, ImageError, center_of_mass, mnist_preprocess, open_image,
+                               preprocess, report_preprocess)
 
 
 @pytest.fixture(scope="module")
@@ -221,22 +223,13 @@ def test_already_mnist_sized_digit(seven):
     assert corr(out, seven) > 0.9
 
 
-def test_fast_on_typical_and_huge_photos(seven):
-    typical = to_bytes(Image.fromarray(np.round(page(seven, size=(480, 360)) * 255).astype(np.uint8)).convert("RGB"),
-                       "JPEG", quality=80)
+def test_huge_photo(seven, reference):
+    # Timings of this and of a typical photo: benchmarks/preprocess_speed.py (printed, not asserted).
     g = page(seven, size=(4000, 3000), at=(1500, 1000), scale=40)
     huge = to_bytes(Image.fromarray(np.round(g * 255).astype(np.uint8)).convert("RGB"), "JPEG", quality=80)
-    mnist_preprocess(typical)
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        mnist_preprocess(typical)
-        times.append(time.perf_counter() - t)
-    assert min(times) < 0.05
-    t = time.perf_counter()
     out = mnist_preprocess(huge)
-    assert time.perf_counter() - t < 0.5
     assert_mnist_like(out)
+    assert corr(out, reference) > 0.9
 
 
 # ---------------------------------------------------------------------------------- errors
@@ -308,8 +301,125 @@ def test_decompression_bomb_declared_by_header():
         report_preprocess(png_header_only(100_000, 100_000), name="bomb.png")
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_decompression_bomb_message_gives_the_real_size(fmt):
+    # The image's own size from its header, the limit stated apart (not Pillow's limit as the size).
+    data = png_header_only(30_000, 30_000) if fmt == "PNG" else jpeg_header_only(30_000, 30_000)
+    with pytest.raises(ImageError) as e:
+        open_image(data, name="bomb")
+    msg = str(e.value)
+    assert msg.startswith("bomb: ") and "30000x30000 = 900,000,000 pixels" in msg
+    assert f"limit is {Image.MAX_IMAGE_PIXELS:,} pixels" in msg
+    assert f"{2 * Image.MAX_IMAGE_PIXELS:,}" not in msg
+
+
+def jpeg_header_only(width: int, height: int) -> bytes:
+    """The first bytes of a baseline JPEG declaring width x height (SOF0), no scan data."""
+    sof = struct.pack(">BHHB", 8, height, width, 1) + bytes([1, 0x11, 0])
+    return b"\xff\xd8" + b"\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof + b"\xff\xd9"
+
+
 def test_decompression_bomb_warning_is_an_error_too(monkeypatch, seven):
     data = to_bytes(Image.fromarray(np.round(page(seven, size=(100, 100), at=(0, 0), scale=3) * 255).astype(np.uint8)))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6_000)  # 10,000 pixels: over the limit, under twice it
     with pytest.raises(ImageError, match="too large to decode safely"):
         mnist_preprocess(data, name="big.png")
+
+
+# ---------------------------------------------------------------------------------- bounded reads
+
+
+@pytest.fixture
+def no_reading(monkeypatch):
+    """Make any read of a file's contents through labkit.safeio fail the test."""
+    def refuse(*a, **k):
+        raise AssertionError("the file's contents were read")
+    monkeypatch.setattr(labkit.safeio, "read_at_most", refuse)
+
+
+def test_fifo_refused_without_opening(tmp_path, no_reading):
+    fifo = tmp_path / "digit.png"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes: it must not be opened
+    with pytest.raises(ImageError) as e:
+        mnist_preprocess(fifo)
+    assert str(e.value) == f"{fifo}: is a FIFO (named pipe), not an image file"
+
+
+def test_character_device_refused(no_reading):
+    with pytest.raises(ImageError) as e:
+        preprocess("/dev/zero")
+    assert str(e.value) == "/dev/zero: is a character device, not an image file"
+
+
+def test_directory_refused(tmp_path):
+    with pytest.raises(ImageError) as e:
+        mnist_preprocess(tmp_path)
+    assert str(e.value) == f"{tmp_path}: is a directory, not an image file"
+
+
+def test_oversize_file_refused_before_reading(tmp_path, no_reading):
+    big = tmp_path / "huge.png"
+    with open(big, "wb") as f:
+        f.truncate(10 * MAX_IMAGE_BYTES + 3)  # sparse: costs no disk, and must cost no reading
+    with pytest.raises(ImageError) as e:
+        mnist_preprocess(big)
+    assert str(e.value) == (f"{big}: {10 * MAX_IMAGE_BYTES + 3:,} bytes, over the limit of "
+                            f"{MAX_IMAGE_BYTES:,} bytes")
+
+
+def test_file_at_the_limit_is_read(tmp_path, seven, reference, monkeypatch):
+    img = Image.fromarray(np.round(page(seven) * 255).astype(np.uint8))
+    path = tmp_path / "7.png"
+    img.save(path)
+    size = path.stat().st_size
+    monkeypatch.setattr("labkit.preprocess.MAX_IMAGE_BYTES", size)
+    np.testing.assert_array_equal(mnist_preprocess(path), reference)
+    monkeypatch.setattr("labkit.preprocess.MAX_IMAGE_BYTES", size - 1)
+    with pytest.raises(ImageError, match=f"{size:,} bytes, over the limit of {size - 1:,} bytes"):
+        mnist_preprocess(path)
+
+
+def test_bytes_over_the_limit_refused():
+    data = memoryview(bytearray(MAX_IMAGE_BYTES + 1))  # what an upload hands PredictPanel
+    with pytest.raises(ImageError) as e:
+        mnist_preprocess(data, name="upload.png")
+    assert str(e.value) == f"upload.png: {MAX_IMAGE_BYTES + 1:,} bytes, over the limit of {MAX_IMAGE_BYTES:,} bytes"
+
+
+class Endless(io.RawIOBase):
+    """A binary stream of zeros that never ends, counting what was read."""
+
+    def __init__(self):
+        self.served = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        b[:] = bytes(len(b))
+        self.served += len(b)
+        return len(b)
+
+
+def test_endless_file_object_read_at_most_one_byte_over():
+    stream = Endless()
+    with pytest.raises(ImageError, match="over the limit"):
+        mnist_preprocess(stream, name="stream")
+    assert stream.served == MAX_IMAGE_BYTES + 1
+
+
+def test_labkit_predict_refuses_fifo_and_dev_zero_at_once(tmp_path):
+    # End to end, in a subprocess: reading /dev/zero would exhaust memory and opening the FIFO would
+    # hang, so either mistake shows as the timeout (a guard against hanging, not a speed limit).
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "3.png"
+    os.mkfifo(fifo)
+    out = subprocess.run([sys.executable, "-m", "labkit", "predict", str(fifo), "/dev/zero"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr
+    lines = out.stderr.splitlines()
+    assert f"{fifo}: error: is a FIFO (named pipe), not an image file" in lines
+    assert "/dev/zero: error: is a character device, not an image file" in lines
+    assert "Traceback" not in out.stderr and out.stdout == ""

@@ -1,8 +1,15 @@
-"""labkit.widgets.PredictPanel, driven in plain Python as ipywidgets 8 would drive it."""
+"""labkit.widgets: PredictPanel, DrawPad and TrainPanel, driven in plain Python as ipywidgets 8
+would drive them (tests/test_browser.py drives them in a real JupyterLab)."""
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import io
+import json
+import re
+import subprocess
+import sys
+import threading
 
 import ipywidgets as widgets
 import numpy as np
@@ -11,9 +18,10 @@ import torch
 from PIL import Image
 
 import labkit.predict
-from labkit.config import CUSTOM_DIR
+from browser_util import drawing_png
+from labkit.config import CUSTOM_DIR, PACKAGE_DIR, PROJECT_ROOT, recipe
 from labkit.data import load_mnist
-from labkit.widgets import PredictPanel, uploaded_files
+from labkit.widgets import DrawPad, PredictPanel, TrainPanel, uploaded_files
 
 torch.set_num_threads(1)
 
@@ -112,3 +120,219 @@ def _walk(w):
     yield w
     for c in getattr(w, "children", ()):
         yield from _walk(c)
+
+
+# --------------------------------------------------------------------------------------------
+# Importing the module
+
+
+def test_import_loads_neither_training_nor_a_model():
+    code = ("import sys, labkit.widgets; "
+            "assert 'labkit.train' not in sys.modules, 'labkit.widgets imported labkit.train'; "
+            "assert 'labkit.predict' not in sys.modules, 'labkit.widgets imported labkit.predict'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert r.returncode == 0, r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# DrawPad
+
+
+@pytest.fixture(scope="module")
+def pad():
+    return DrawPad()
+
+
+# Drawn-style canvases: (keyword arguments of drawing_png). Sizes are in canvas pixels.
+CANVASES = {
+    "black_on_white": {},
+    "white_on_black": dict(ink=255, paper=0),
+    "thin": dict(width=5),
+    "thick": dict(width=40, box=(60, 40, 160, 200)),
+    "off_centre": dict(box=(10, 150, 60, 110), width=12),
+    "tiny": dict(box=(200, 20, 14, 24), width=3),
+    "wide_rgba_transparent": dict(size=(600, 300), box=(400, 60, 120, 180), ink=(20, 40, 200, 255),
+                                  paper=(0, 0, 0, 0), mode="RGBA"),
+}
+
+
+@pytest.mark.parametrize("canvas", list(CANVASES))
+def test_drawn_digits_are_recognised(pad, canvas):
+    got = []
+    for digit in range(10):
+        pad.image = drawing_png(digit, **CANVASES[canvas])
+        got.append(pad.prediction.get("digit"))  # set before the assignment returned
+    assert got == list(range(10)), f"{canvas}: predicted {got}"
+
+
+def test_prediction_is_the_photo_pipelines(pad):
+    """The pad's prediction is Predictor.predict_file's on the same bytes (MNIST-style), and the
+    view gets the 28x28 the model saw."""
+    data = drawing_png(7, **CANVASES["off_centre"])
+    count = pad.count
+    pad.image = data
+    oracle = labkit.predict.Predictor().predict_file(data, preprocess="mnist")
+    assert set(pad.prediction) == {"digit", "probabilities"}
+    assert pad.prediction["digit"] == oracle["digit"] == 7
+    assert pad.prediction["probabilities"] == pytest.approx(oracle["probabilities"], abs=1e-6)
+    assert len(pad.prediction["probabilities"]) == 10 and sum(pad.prediction["probabilities"]) == pytest.approx(1)
+    assert np.array_equal(pad.input28, oracle["input"])
+    seen = np.asarray(Image.open(io.BytesIO(pad.seen)))
+    assert seen.shape == (28, 28) and np.array_equal(seen, 255 - oracle["input"])  # dark ink on white
+    assert pad.count == count + 1 and pad.python_ms > 0
+
+
+@pytest.mark.parametrize("blank", [dict(), dict(paper=0), dict(paper=(0, 0, 0, 0), mode="RGBA"),
+                                   dict(paper=(255, 255, 255, 0), mode="RGBA")],
+                         ids=["white", "black", "transparent", "transparent_white"])
+def test_empty_canvas_is_an_error_not_a_digit(pad, blank):
+    pad.image = drawing_png(7)
+    assert "digit" in pad.prediction
+    pad.image = drawing_png(None, **blank)
+    assert list(pad.prediction) == ["error"] and "no digit" in pad.prediction["error"]
+    assert pad.seen == b"" and pad.input28 is None
+
+
+def test_not_an_image_is_an_error(pad):
+    pad.image = b"this is not a png"
+    assert list(pad.prediction) == ["error"] and "not an image" in pad.prediction["error"]
+
+
+def test_clear_resets_image_and_prediction(pad):
+    pad.image = drawing_png(3)
+    assert pad.prediction["digit"] == 3
+    count = pad.count
+    pad.clear()
+    assert pad.image == b"" and pad.prediction == {} and pad.seen == b"" and pad.input28 is None
+    assert pad.count == count + 1
+
+
+def test_image_from_the_browser_is_deserialised(pad):
+    """A drawing arrives from the frontend as a buffer (memoryview); set_state applies it as a comm
+    message does."""
+    pad.set_state({"image": memoryview(drawing_png(0))})
+    assert isinstance(pad.image, bytes) and pad.prediction["digit"] == 0
+    state = pad.get_state()
+    assert set(state) >= {"image", "prediction", "seen", "count", "_esm", "_css"}
+
+
+def test_prediction_leaves_torch_threads_as_they_were(pad):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        pad.image = drawing_png(4)
+        assert pad.prediction["digit"] == 4 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_drawpad_loads_the_model_once(monkeypatch):
+    calls = []
+    real = labkit.predict.load_checkpoint
+    monkeypatch.setattr(labkit.predict, "load_checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    p = DrawPad()
+    for d in (1, 7, 0):
+        p.image = drawing_png(d)
+        assert p.prediction["digit"] == d
+    assert len(calls) == 1
+
+
+def test_drawpad_javascript_and_css_ship_in_the_package():
+    js, css = PACKAGE_DIR / "static" / "drawpad.js", PACKAGE_DIR / "static" / "drawpad.css"
+    pad_state = DrawPad().get_state()
+    assert pad_state["_esm"] == js.read_text() and pad_state["_css"] == css.read_text()
+    for text in (js.read_text(), css.read_text()):  # nothing fetched at run time
+        assert "http://" not in text and "https://" not in text and "@import" not in text
+        assert not re.search(r"^\s*import\s", text, flags=re.M)
+    assert "pointerdown" in js.read_text() and "export default" in js.read_text()
+    # pyproject's [tool.setuptools.package-data] labkit = [...] (read by hand: tomllib needs Python 3.11)
+    section = (PROJECT_ROOT / "pyproject.toml").read_text().split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
+    package_data = re.findall(r'"([^"]+)"', re.search(r"^labkit\s*=\s*\[(.*?)\]", section, flags=re.M | re.S).group(1))
+    for f in (js, css):
+        rel = f.relative_to(PACKAGE_DIR).as_posix()
+        assert any(fnmatch.fnmatch(rel, pat) for pat in package_data), f"{rel} is not package data: {package_data}"
+
+
+# --------------------------------------------------------------------------------------------
+# TrainPanel
+
+
+def _spy_epochs(panel) -> list[tuple]:
+    """Record, at each finished epoch, the reporting thread and whether Train and Stop are disabled."""
+    seen = []
+    real = panel._epoch_done
+    panel._epoch_done = lambda row: seen.append((threading.current_thread().name, panel.train_button.disabled,
+                                                 panel.stop_button.disabled)) or real(row)
+    return seen
+
+
+def test_trainpanel_trains_through_train_runs_and_reports_progress(tmp_path):
+    from labkit.train import train_runs
+
+    panel = TrainPanel(model="baseline", epochs=1, limit_train=640, out_dir=tmp_path / "panel")
+    assert panel.state == "idle" and panel.stop_button.disabled and not panel.train_button.disabled
+    seen = _spy_epochs(panel)
+    panel.train_button.click()
+    assert panel.wait(600) == "done", panel.status.value
+    # Trained off the kernel's thread; while it ran, Train was disabled and Stop enabled.
+    assert seen == [(panel.thread.name, True, False)] and panel.thread.name != threading.main_thread().name
+
+    steps = 5  # 640 images, batches of 128
+    assert panel.bar.max == steps and panel.bar.value == steps
+    assert panel.step_label.value == f"epoch 1/1 · step {steps}/{steps}"
+    assert not panel.train_button.disabled and panel.stop_button.disabled
+    assert len(panel.rows) == 1
+    row = panel.rows[0]
+    assert f"{row['test_acc']:.4f}" in panel.table.value and f"{row['train_loss']:.4f}" in panel.table.value
+    assert panel.curve.value[:8] == b"\x89PNG\r\n\x1a\n" and panel.curve.layout.display != "none"
+    assert "done" in panel.status.value
+
+    # The same numbers as labkit train's path gives the same config, and its files.
+    direct = train_runs(recipe("baseline", epochs=1, limit_train=640), runs=1, out_dir=tmp_path / "cli", resume=False)
+    want = direct["runs"][0]["epochs"][0]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        assert row[key] == pytest.approx(want[key], rel=1e-6), key
+    saved = json.loads((tmp_path / "panel" / "metrics.json").read_text())
+    assert saved["config"] == direct["config"] and len(saved["runs"][0]["epochs"]) == 1
+    assert (tmp_path / "panel" / "run-seed1.pt").is_file() and (tmp_path / "panel" / "epochs.csv").is_file()
+
+
+def test_trainpanel_stop_keeps_the_finished_epoch(tmp_path):
+    out = tmp_path / "stopped"
+    panel = TrainPanel(model="baseline", epochs=3, limit_train=640, out_dir=out)
+    # Stop pressed as soon as the first epoch's numbers show (from the training thread's update).
+    panel.table.observe(lambda _change: panel.stop_button.click() if len(panel.rows) == 1 else None, "value")
+    panel.train_button.click()
+    assert panel.train() is None  # a second press while it runs starts nothing
+    assert panel.wait(600) == "stopped", panel.status.value
+    assert len(panel.rows) == 1 and "stopped" in panel.status.value
+    epoch, step, steps = panel._position
+    assert epoch == 2 and step == 1 and steps == 5  # ended after the step under way
+    assert panel.bar.value == steps + 1
+    saved = json.loads((out / "metrics.json").read_text())
+    assert [e["epoch"] for e in saved["runs"][0]["epochs"]] == [1]
+    assert saved["runs"][0]["epochs"][0]["test_acc"] == panel.rows[0]["test_acc"]
+    ckpt = torch.load(out / "run-seed1.pt", weights_only=True)
+    assert [e["epoch"] for e in ckpt["metrics"]["epochs"]] == [1]
+    assert panel.metrics is not None and len(panel.metrics["runs"][0]["epochs"]) == 1
+    assert not panel.train_button.disabled and panel.stop_button.disabled
+
+    # Train again: a fresh run in the same folder, to its end.
+    panel.epochs.value = 1
+    panel.train_button.click()
+    assert panel.wait(600) == "done" and len(panel.rows) == 1
+
+
+def test_trainpanel_shows_a_training_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    panel = TrainPanel(model="baseline", epochs=1, limit_train=640, out_dir=blocker)
+    panel.train_button.click()
+    assert panel.wait(600) == "error"
+    assert panel.error is not None and "training failed" in panel.status.value
+    assert not panel.train_button.disabled and panel.stop_button.disabled
+
+
+def test_trainpanel_refuses_an_unknown_model():
+    with pytest.raises(ValueError, match="unknown model"):
+        TrainPanel(model="resnet")

@@ -26,14 +26,14 @@ def main() -> int:
     for old in HERE.iterdir():  # drop images of an earlier plan
         if old.suffix in IMAGE_SUFFIXES and old.name[:1].isdigit():
             old.unlink()
-    for name, data, _ in files:
-        (HERE / name).write_bytes(data)
+    for row in files:
+        (HERE / row["name"]).write_bytes(row["data"])
     with open(HERE / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["file", "digit", "mnist_test_index", "style"])
-        for name, _, row in files:
-            w.writerow([name, row["digit"], row["index"], row["style"]])
-    total = sum(len(d) for _, d, _ in files)
+        for row in files:
+            w.writerow([row["name"], row["label"], row["index"], row["style"]])
+    total = sum(len(row["data"]) for row in files)
     print(f"wrote {len(files)} images ({total / 1e6:.2f} MB) and manifest.csv to {HERE.name}/")
     return 0
 

@@ -1,0 +1,148 @@
+"""The command line: `labkit train`, `labkit predict`, `labkit run-notebooks`; user mistakes get one line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from labkit.checkpoint import load_checkpoint
+from labkit.cli import main as cli_main
+from labkit.config import DEFAULT_CHECKPOINT, MODEL_NAMES, PRECISIONS
+from labkit.predict import run_cli, target_from_name
+
+from helpers import IMAGES, bad_image_files
+
+
+def test_train_writes_metrics_json_csv_and_checkpoints(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(["train", "--model", "baseline", "--epochs", "2", "--runs", "2", "--limit-train", "600",
+                     "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "Test accuracy — baseline" in printed and "Test accuracy — the report" in printed
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["model"] == "baseline" and m["config"]["epochs"] == 2 and m["config"]["limit_train"] == 600
+    for key in ("git_commit", "python", "torch", "numpy", "data_sha256", "device", "started"):
+        assert key in m["provenance"], key
+    assert len(m["provenance"]["data_sha256"]) == 4
+    assert [r["seed"] for r in m["runs"]] == [1, 2]
+    for run in m["runs"]:
+        assert [e["epoch"] for e in run["epochs"]] == [1, 2]
+        for e in run["epochs"]:
+            for key in ("train_loss", "train_acc", "test_loss", "test_acc", "seconds"):
+                assert isinstance(e[key], float), key
+            assert 0.1 < e["test_acc"] <= 1 and e["seconds"] > 0
+    csv = (out / "epochs.csv").read_text().splitlines()
+    assert csv[0] == "model,seed,epoch,train_loss,train_acc,test_loss,test_acc,seconds" and len(csv) == 1 + 2 * 2
+    assert csv[-1].startswith("baseline,2,2,")
+    _, ckpt = load_checkpoint(out / "run-seed2.pt")
+    assert ckpt["config"]["seed"] == 2 and ckpt["metrics"]["epochs"] == m["runs"][1]["epochs"]
+    assert ckpt["provenance"]["data_sha256"] == m["provenance"]["data_sha256"]
+    finals = sorted(r["epochs"][-1]["test_acc"] for r in m["runs"])
+    assert f"{finals[1]:.4f}" in printed and f"{finals[0]:.4f}" in printed  # the table shows both runs
+
+
+def test_train_flags_override_the_recipe(tmp_path):
+    out = tmp_path / "lr"
+    assert cli_main(["train", "--model", "baseline", "--epochs", "1", "--limit-train", "300", "--lr", "0.001",
+                     "--batch-size", "64", "--momentum", "0.5", "--weight-decay", "0.0001", "--seed", "3",
+                     "--out", str(out), "--device", "cpu"]) == 0
+    cfg = json.loads((out / "metrics.json").read_text())["config"]
+    assert (cfg["lr"], cfg["batch_size"], cfg["momentum"], cfg["weight_decay"], cfg["seed"]) == (0.001, 64, 0.5, 0.0001, 3)
+
+
+def test_help_offers_the_declared_choices_and_no_model_named_seed(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "{" + ",".join(MODEL_NAMES) + "}" in text and "{" + ",".join(PRECISIONS) + "}" in text
+    assert "{seed" not in text and "seed," not in text
+
+
+MISTAKES = {
+    "epochs 0": (["--epochs", "0"], "--epochs: 0 must be >= 1"),
+    "epochs -1": (["--epochs", "-1"], "--epochs: -1 must be >= 1"),
+    "epochs text": (["--epochs", "many"], "--epochs: 'many' is not a whole number"),
+    "runs 0": (["--runs", "0"], "--runs: 0 must be >= 1"),
+    "limit 0": (["--limit-train", "0"], "--limit-train: 0 is outside 1..60000"),
+    "limit 70000": (["--limit-train", "70000"], "--limit-train: 70000 is outside 1..60000"),
+    "model seed": (["--model", "seed"], "invalid choice: 'seed'"),
+    "lr 0": (["--lr", "0"], "--lr: 0 must be > 0"),
+    "momentum 1.5": (["--momentum", "1.5"], "0 <= momentum < 1"),
+}
+
+
+@pytest.mark.parametrize("name", list(MISTAKES))
+def test_each_train_mistake_is_one_line_exit_2_nothing_written(name, tmp_path):
+    extra, message = MISTAKES[name]
+    out = tmp_path / "out"
+    argv = ["train", "--model", "baseline", "--out", str(out), "--device", "cpu", *extra]
+    if extra[0] == "--model":
+        argv = ["train", *extra, "--out", str(out)]
+    run = subprocess.run([sys.executable, "-m", "labkit", *argv], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    errors = [line for line in run.stderr.splitlines() if not line.startswith(("usage:", " "))]
+    assert len(errors) == 1 and errors[0].startswith("labkit train: error:") and message in errors[0], run.stderr
+    assert "Traceback" not in run.stderr and run.stdout == ""
+    assert not out.exists()
+
+
+def test_out_naming_a_file_and_cuda_without_gpu_are_one_line(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    assert cli_main(["train", "--model", "baseline", "--epochs", "1", "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"labkit train: error: {a_file} exists and is not a folder" and a_file.read_text() == "keep me"
+    if not torch.cuda.is_available():
+        out = tmp_path / "gpu"
+        assert cli_main(["train", "--model", "baseline", "--epochs", "1", "--device", "cuda", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("labkit train: error: device 'cuda' asked for") and "\n" not in err and not out.exists()
+
+
+def test_train_into_a_folder_of_another_config_is_refused(tmp_path, capsys):
+    out = tmp_path / "runs"
+    base = ["train", "--model", "baseline", "--limit-train", "300", "--device", "cpu", "--out", str(out)]
+    assert cli_main([*base, "--epochs", "1"]) == 0
+    before = (out / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert cli_main([*base, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("labkit train: error:") and "another config (differs in epochs)" in err and "\n" not in err
+    assert (out / "metrics.json").read_bytes() == before
+
+
+def test_predict_json_mixed_files(capsys, tmp_path):
+    good, files = IMAGES[0], bad_image_files(tmp_path)
+    paths = [str(good), *map(str, files.values()), str(IMAGES[-1])]
+    assert run_cli(paths, None, "mnist", True) == 1
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["path"] for line in lines] == paths
+    ok = [line for line in lines if "digit" in line]
+    assert len(ok) == 2 and all(set(line) == {"path", "digit", "probabilities"} for line in ok)
+    assert ok[0]["digit"] == target_from_name(good.name) and len(ok[0]["probabilities"]) == 10
+    errors = [line for line in lines if "error" in line]
+    assert len(errors) == len(files) and all(set(e) == {"path", "error"} for e in errors)
+    assert "Traceback" not in out + err
+
+
+def test_predict_text_and_all_good(capsys):
+    assert run_cli([str(p) for p in IMAGES[:3]], None, "mnist", False) == 0
+    out, _ = capsys.readouterr()
+    assert len(out.splitlines()) == 3
+    assert [int(line.split(": ")[1].split()[0]) for line in out.splitlines()] == [target_from_name(p.name) for p in IMAGES[:3]]
+    assert run_cli([str(IMAGES[0])], str(DEFAULT_CHECKPOINT), "report", True) == 0
+    assert json.loads(capsys.readouterr().out)["digit"] in range(10)
+
+
+def test_predict_bad_checkpoint_or_method(capsys, tmp_path):
+    assert run_cli([str(IMAGES[0])], str(tmp_path / "none.pt"), "mnist", False) == 2
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    assert run_cli([str(IMAGES[0])], str(bad), "mnist", True) == 2
+    assert run_cli([str(IMAGES[0])], None, "fancy", True) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err and len(err.strip().splitlines()) == 3

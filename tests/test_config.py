@@ -1,0 +1,72 @@
+"""labkit.config (TrainConfig, recipes, allowed values) and labkit.device (device and precision)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from labkit.config import (DEVICES, MODEL_NAMES, PRECISIONS, RECIPES, SCHEDULES, ConfigError, TrainConfig, recipe)
+from labkit.device import DeviceError, resolve_device, resolve_precision
+from labkit.models import MODELS
+
+
+def test_defaults_are_the_reports_recipe():
+    cfg = TrainConfig()
+    assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.seed) == ("baseline", 50, 128, 1e-4, 0.9, 1)
+    assert (cfg.normalize, cfg.augment, cfg.schedule, cfg.precision) == (False, False, "constant", "fp32")
+
+
+def test_every_model_has_a_recipe_and_a_class():
+    assert tuple(RECIPES) == MODEL_NAMES == tuple(MODELS)
+    for name in MODEL_NAMES:
+        assert recipe(name).model == name
+
+
+def test_recipe_overrides_ignore_none_and_keep_the_rest():
+    cfg = recipe("improved", epochs=2, limit_train=None, lr=0.05)
+    assert (cfg.epochs, cfg.lr, cfg.limit_train, cfg.schedule) == (2, 0.05, None, "onecycle")
+    assert cfg.replace(seed=3).seed == 3 and cfg.seed == 1
+    assert cfg.to_dict() == dataclasses.asdict(cfg)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model", "seed", "model must be one of baseline, improved"),
+    ("precision", "fp16", "precision must be one of"),
+    ("device", "tpu", "device must be one of"),
+    ("schedule", "cosine", "schedule must be one of"),
+    ("epochs", 0, "epochs must be a whole number >= 1"),
+    ("epochs", 2.5, "epochs must be a whole number >= 1"),
+    ("batch_size", True, "batch_size must be a whole number >= 1"),
+    ("limit_train", 0, "limit_train must be None or 1..60,000"),
+    ("limit_train", 60_001, "limit_train must be None or 1..60,000"),
+    ("lr", 0.0, "need lr > 0"),
+    ("momentum", 1.0, "0 <= momentum < 1"),
+])
+def test_bad_values_are_refused_in_one_line(field, value, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        TrainConfig(**{field: value})
+    assert "\n" not in str(err.value)
+
+
+def test_choice_lists_are_the_ones_the_cli_offers():
+    from labkit.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    choices = {a.dest: tuple(a.choices) for a in train._actions if a.choices}
+    assert choices == {"model": MODEL_NAMES, "device": DEVICES, "precision": PRECISIONS}
+    assert SCHEDULES == ("constant", "onecycle")
+
+
+def test_resolve_device_and_precision():
+    cpu = torch.device("cpu")
+    assert resolve_device("cpu") == cpu
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="torch sees no CUDA device"):
+            resolve_device("cuda")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", cpu, "baseline") == "fp32"
+    assert resolve_precision("auto", cpu, "improved") == ("bf16" if torch.cpu._is_amx_tile_supported() else "fp32")
+    with pytest.raises(DeviceError, match="precision must be one of"):
+        resolve_precision("fp16", cpu)
