@@ -53,3 +53,13 @@ def predict_proba(model, x_uint8, normalize: bool, batch: int = 1000) -> torch.T
     model.eval()
     return torch.cat([F.softmax(model(to_input(x_uint8[i:i + batch], normalize)).double(), 1)
                       for i in range(0, len(x_uint8), batch)])
+
+
+def input_gradients(model, x_uint8, normalize: bool, target=None) -> torch.Tensor:
+    """Saliency (N, 28, 28): gradient of the target logit (default: the predicted digit) times the input."""
+    model.eval()
+    x = to_input(x_uint8, normalize).requires_grad_(True)  # (N, 1, 28, 28)
+    logits = model(x)
+    target = logits.argmax(1) if target is None else torch.as_tensor(target)
+    logits.gather(1, target.view(-1, 1)).sum().backward()
+    return (x.grad * x).detach()[:, 0]

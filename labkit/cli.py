@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .config import DEVICES, MODEL_NAMES, N_TRAIN, OUTPUTS_DIR, PRECISIONS, REPORT_TABLE, ConfigError, recipe
+from .preprocess import METHODS
 
 
 def _stamp() -> str:
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="predict the digit in image files")
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--checkpoint", help="a checkpoint from labkit train (default: the shipped model)")
-    pr.add_argument("--preprocess", default="mnist", choices=["mnist", "report"])
+    pr.add_argument("--preprocess", default="mnist", choices=METHODS, help="mnist: MNIST-style (default); report: the report's readImage")
     pr.add_argument("--json", action="store_true", help="one JSON object per line")
     pr.set_defaults(func=cmd_predict)
 
@@ -114,11 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", nargs="*", help="notebook names to run (default: all, in order)")
     r.set_defaults(func=cmd_run_notebooks)
 
-    try:  # TEMP-WIRING: until labkit/sweep.py lands
-        from . import sweep
-        sweep.register(sub)
-    except ImportError:
-        pass
+    from . import sweep  # imports Ray only when a sweep runs
+
+    sweep.register(sub)
     return p
 
 

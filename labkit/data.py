@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import MNIST_DIR
-from .safeio import CHUNK, ReadRefused, open_regular
+from .safeio import CHUNK, ReadRefused, open_regular, read_at_most
 
 # IDX type codes (third byte of the magic number) -> big-endian numpy dtype.
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -105,16 +105,10 @@ def read_bytes(path, max_bytes: int = MAX_IDX_BYTES) -> bytes:
     with _Content(path) as c:
         if c.size is not None and c.size > max_bytes:
             raise DataError(path, f"{c.size:,} bytes, over the limit of {max_bytes:,} bytes")
-        parts, n = [], 0
-        while n <= max_bytes:
-            part = c.read(min(CHUNK, max_bytes + 1 - n))
-            if not part:
-                break
-            parts.append(part)
-            n += len(part)
-    if n > max_bytes:
+        data = read_at_most(c, max_bytes)
+    if len(data) > max_bytes:
         raise DataError(path, f"decompresses to more than {max_bytes:,} bytes, over the limit")
-    return b"".join(parts)
+    return data
 
 
 def _declared(shape, dtype) -> str:

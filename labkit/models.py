@@ -72,3 +72,26 @@ def build_model(name: str) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def summary(model: nn.Module, input_shape=(1, 1, 28, 28)) -> str:
+    """Layer by layer: name, type, output shape, parameters (a forward pass on zeros, in eval mode)."""
+    rows, hooks = [], []
+    for name, module in model.named_modules():
+        if name and not list(module.children()):  # leaves only
+            hooks.append(module.register_forward_hook(
+                lambda m, _, out, name=name: rows.append((name, type(m).__name__, tuple(out.shape[1:]),
+                                                          sum(p.numel() for p in m.parameters())))))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model.forward_reference(torch.zeros(input_shape)) if hasattr(model, "forward_reference") else model(torch.zeros(input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    lines = [f"{type(model).__name__}", f"{'layer':<14} {'type':<12} {'output shape':<16} {'parameters':>10}"]
+    lines += [f"{n:<14} {t:<12} {str(shape):<16} {k:>10,}" for n, t, shape, k in rows]
+    lines.append(f"{'total':<44} {count_parameters(model):>10,}")
+    return "\n".join(lines)

@@ -42,35 +42,46 @@ def _epochs(run, key):
     return np.array([e[key] for e in run["epochs"]])
 
 
-def curves(metrics: dict, title: str = "", report_counting: bool = False):
-    """Accuracy and loss per epoch, train and test, for every run (mean and +-1 std band if several)."""
+def curves(metrics: dict, title: str = "", report_counting: bool = False, reference: dict | None = None,
+           beside: dict | None = None, beside_label: str = ""):
+    """Accuracy and loss per epoch, train and test, for every run (thin), with their mean and a +-1 std band.
+
+    reference: {"train": acc, "test": acc} drawn as dotted horizontal lines (the report's published means);
+    beside: another metrics dict whose mean curves are drawn in grey for comparison (e.g. a shipped run).
+    """
     runs = [r for r in metrics["runs"] if r["epochs"]]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4))
+    n = min(len(r["epochs"]) for r in runs)
+    x = np.arange(1, n + 1)
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.2))
     for split, color in (("train", "tab:blue"), ("test", "tab:orange")):
         for ax, key in ((ax_acc, f"{split}_acc"), (ax_loss, f"{split}_loss")):
-            n = min(len(r["epochs"]) for r in runs)
-            vals = np.stack([_epochs(r, key)[:n] for r in runs])
-            x = np.arange(1, n + 1)
+            vals = np.stack([_epochs(r, key)[:n] for r in runs])  # (runs, epochs)
             if len(runs) > 1:
-                dot = "." if n <= 3 else None  # a short run would be invisible as lines alone
                 for v in vals:
-                    ax.plot(x, v, color=color, alpha=0.25, lw=0.8, marker=dot)
+                    ax.plot(x, v, color=color, alpha=0.3, lw=0.7, marker="." if n <= 3 else None)
                 m, s = vals.mean(0), vals.std(0, ddof=1)
-                ax.fill_between(x, m - s, m + s, color=color, alpha=0.25)
-                if n == 1:
-                    ax.errorbar(x, m, yerr=s, color=color, fmt="o", capsize=6, label=f"{split} (mean of {len(runs)}, ±1 std)")
-                else:
-                    ax.plot(x, m, color=color, lw=2, label=f"{split} (mean of {len(runs)}, ±1 std)")
+                ax.fill_between(x, m - s, m + s, color=color, alpha=0.25, lw=0,
+                                label=f"{split}: mean of {len(runs)} runs ± 1 std (runs thin)")
+                ax.plot(x, m, color=color, lw=2, marker="o" if n <= 3 else None)
             else:
                 ax.plot(x, vals[0], color=color, lw=2, marker="o", ms=3, label=split)
             if report_counting and len(runs) == 1:
                 rc = np.array([e["report_counting"][key] for e in runs[0]["epochs"]])
                 ax.plot(x, rc, color=color, lw=1, ls="--", label=f"{split}, as the report's code counts it")
-    ax_acc.set_title("accuracy"), ax_loss.set_title("loss (cross-entropy)")
+            if beside is not None:
+                other = [r for r in beside["runs"] if r["epochs"]]
+                k = min(len(r["epochs"]) for r in other)
+                ax.plot(np.arange(1, k + 1), np.stack([_epochs(r, key)[:k] for r in other]).mean(0),
+                        color=color, lw=1, alpha=0.7, ls="-.", label=f"{split}, {beside_label}")
+            if reference is not None and key.endswith("_acc"):
+                ax.axhline(reference[split], color=color, lw=1, ls=":",
+                           label=f"{split}, the report's published mean ({reference[split]:.3f})")
+    ax_acc.set_title("accuracy"), ax_loss.set_title("loss")
+    ax_acc.set_ylabel("accuracy (fraction correct)"), ax_loss.set_ylabel("cross-entropy (log scale)")
     ax_loss.set_yscale("log")
     for ax in (ax_acc, ax_loss):
-        ax.set_xlabel("epoch"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
-        if n <= 12:
+        ax.set_xlabel("epoch"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
+        if n <= 12 and beside is None:
             ax.set_xticks(range(1, n + 1)), ax.set_xlim(0.5, n + 0.5)
         else:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -78,6 +89,43 @@ def curves(metrics: dict, title: str = "", report_counting: bool = False):
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+class LiveCurves:
+    """Training progress that redraws one curves figure in place after each epoch (Jupyter), as a Progress does."""
+
+    def __init__(self, progress, title: str = "", **curve_kw):
+        self.progress, self.title, self.kw = progress, title, curve_kw
+        self.rows: list[dict] = []
+        self.handle = None
+
+    def start_run(self, run_index: int, seed: int) -> None:
+        self.progress.start_run(run_index, seed)
+
+    def batch(self, epoch: int, step: int, steps: int) -> None:
+        self.progress.batch(epoch, step, steps)
+
+    def epoch_done(self, row: dict) -> None:
+        from IPython.display import Image, display
+
+        self.progress.epoch_done(row)  # the log keeps every epoch's line
+        self.rows.append(row)
+        fig = curves({"runs": [{"epochs": self.rows}]}, title=self.title, **self.kw)
+        picture = Image(data=figure_png(fig))
+        plt.close(fig)
+        if self.handle is None:
+            self.handle = display(picture, display_id=True)
+        else:
+            self.handle.update(picture)
+
+
+def figure_png(fig, dpi: int = 90) -> bytes:
+    """A figure as PNG bytes."""
+    import io as _io
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
 
 
 def html_table(rows: list[list], header: list[str], caption: str = "", digits: int = 5) -> str:
@@ -100,16 +148,61 @@ def confusion_matrix(y_true, y_pred, n: int = 10) -> np.ndarray:
 
 
 def plot_confusion(cm: np.ndarray, title: str = "confusion matrix"):
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    """Counts per (true, predicted) digit; colour shows the mistakes only (the diagonal would swamp them)."""
+    fig, ax = plt.subplots(figsize=(6.4, 5.4))
     off = cm.copy()
     np.fill_diagonal(off, 0)
-    ax.imshow(off, cmap="Reds")
+    im = ax.imshow(off, cmap="Reds", vmin=0)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="misclassified test images")
+    bar.locator = MaxNLocator(integer=True)
+    bar.update_ticks()
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7,
-                    color="0.6" if i == j else ("white" if off[i, j] > off.max() / 2 else "black"))
+            if cm[i, j]:
+                ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=8 if i != j else 7,
+                        color="0.45" if i == j else ("white" if off[i, j] > off.max() / 2 else "black"))
     ax.set_xticks(range(10)), ax.set_yticks(range(10))
-    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title)
+    ax.set_xlabel("predicted digit"), ax.set_ylabel("true digit"), ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_accuracy(y_true, probs_by_model: dict):
+    """Test accuracy per digit for each model: mean over runs, with the spread of runs as error bars."""
+    y = np.asarray(y_true)
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    width = 0.8 / len(probs_by_model)
+    rows = {}
+    for k, (name, probs) in enumerate(probs_by_model.items()):  # probs: (runs, N, 10)
+        pred = np.asarray(probs).argmax(-1)
+        acc = np.stack([(pred[:, y == d] == d).mean(1) for d in range(10)], 1)  # (runs, 10)
+        rows[name] = acc
+        err = acc.std(0, ddof=1) if len(acc) > 1 else None
+        ax.bar(np.arange(10) + (k - (len(probs_by_model) - 1) / 2) * width, acc.mean(0), width, yerr=err, capsize=2,
+               label=f"{name} (mean of {len(acc)} run{'s' if len(acc) > 1 else ''})")
+    lo = min(a.mean(0).min() for a in rows.values())
+    ax.set_ylim(max(0.0, lo - 0.02), 1.0)
+    ax.set_xticks(range(10)), ax.set_xlabel("true digit"), ax.set_ylabel("test accuracy of that digit")
+    ax.set_title("Per-digit test accuracy"), ax.grid(axis="y", alpha=0.3), ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig, rows
+
+
+def image_grid(images, titles, cols: int = 8, title: str = "", cmap="RdBu_r"):
+    """Small images (filters, weight maps, saliency) side by side; "RdBu_r" (one name, or one per image)
+    is drawn on a colour scale symmetric around 0 (red +, blue -), any other map on the image's range."""
+    images = [np.asarray(a, dtype=float) for a in images]
+    cmaps = [cmap] * len(images) if isinstance(cmap, str) else list(cmap)
+    rows = int(np.ceil(len(images) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.25, rows * 1.45), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, a, t, cm in zip(axes.ravel(), images, titles, cmaps):
+        lim = np.abs(a).max() or 1.0
+        ax.imshow(a, cmap=cm, vmin=-lim if cm == "RdBu_r" else None, vmax=lim if cm == "RdBu_r" else None)
+        ax.set_title(t, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 

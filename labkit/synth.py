@@ -201,3 +201,25 @@ def render_heldout(n: int = 1000, seed: int = HELDOUT_SEED):
         style = STYLES[k % len(STYLES)]
         data, ext = render(images[i], style, np.random.default_rng([seed, i]))
         yield {"name": f"{labels[i]}_{style}_{i}.{ext}", "data": data, "label": int(labels[i]), "style": style, "index": i}
+
+
+STUDENT_SEED = 7  # random seed of the student-style set (one digit of each class)
+
+
+def render_student(seed: int = STUDENT_SEED) -> list[dict]:
+    """Ten rows {name, data, label, style, index}, one per digit: the report's setting, dark ink on
+    evenly lit white paper, the digit filling most of a square frame (as the student's own digits),
+    drawn from MNIST test digits 5000-9999 (never the committed custom set's)."""
+    images, labels = load_mnist("test")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for digit in range(10):
+        i = int(rng.choice(np.flatnonzero(labels[5000:] == digit))) + 5000
+        side = int(rng.integers(160, 260))
+        a = _place(_digit_alpha(images[i], int(side * rng.uniform(0.8, 0.95)), float(rng.uniform(-6, 6)), rng),
+                   (side, side), rng)
+        rgb = 0.94 * (1 - a[..., None]) + 0.08 * a[..., None] + _texture(side, side, rng, 0.01)[..., None]
+        img = _to_rgb8(np.repeat(rgb, 3, axis=2)).filter(ImageFilter.GaussianBlur(0.6))
+        rows.append({"name": f"{digit}.jpg", "data": _encode(img, "JPEG", quality=85), "label": digit,
+                     "style": "student", "index": i})
+    return rows

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import OUTPUTS_DIR, TrainConfig
+from .config import OUTPUTS_DIR, RECIPES, TrainConfig
 from .data import mnist_tensors, to_input
 from .device import resolve_device, resolve_precision
 from .models import build_model
@@ -186,8 +186,9 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
 
 
 def runs_dir(cfg: TrainConfig) -> Path:
-    """outputs/runs/<model>-e<epochs>-<n train>: where a config's runs live, so reruns can resume."""
-    return OUTPUTS_DIR / "runs" / f"{cfg.model}-e{cfg.epochs}-{'all' if cfg.limit_train is None else cfg.limit_train}"
+    """outputs/runs/<model>-e<epochs>-<n train>[-<precision>]: where a config's runs live, so reruns can resume."""
+    precision = "" if cfg.precision == RECIPES[cfg.model].get("precision", "fp32") else f"-{cfg.precision}"
+    return OUTPUTS_DIR / "runs" / f"{cfg.model}-e{cfg.epochs}-{'all' if cfg.limit_train is None else cfg.limit_train}{precision}"
 
 
 def _comparable(config: dict) -> dict:

@@ -216,7 +216,8 @@ def test_notebook_04_panel_predicts_in_jupyterlab(notebook_04, tmp_path):
                 f"{page_report(page, console, lab)}")
 
     predict.first.click()
-    answer = panel.get_by_text(re.compile(r"predicted\s+\d")).first
+    # The notebook stored cards for two shipped pictures; wait for the one that names this upload.
+    answer = panel.locator(".widget-hbox", has_text=UPLOAD.name).filter(has_text=re.compile(r"predicted\s+\d")).first
     wait_or_fail(lambda: answer.wait_for(state="visible", timeout=PREDICT_TIMEOUT_S * 1000),
                  lambda: f"Predict produced no digit within {PREDICT_TIMEOUT_S} s for {UPLOAD.name}\n"
                          f"--- the panel says:\n{panel.inner_text()}\n{page_report(page, console, lab)}")

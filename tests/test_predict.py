@@ -105,3 +105,12 @@ def test_report_pipeline_fails_on_photos_and_mnist_style_fixes_the_baseline(pred
     assert _accuracy(baseline_predictor, "report", custom_items) <= REPORT_PIPELINE_AT_MOST
     assert _accuracy(predictor, "report", custom_items) <= REPORT_PIPELINE_AT_MOST
     assert _accuracy(baseline_predictor, "mnist", custom_items) >= CUSTOM_ACCURACY_BASELINE_MNIST
+
+
+def test_predicting_does_not_import_the_training_code():
+    """labkit.predict loads checkpoints through labkit.checkpoint; training (and its process-wide settings) stays out."""
+    import subprocess
+    import sys
+
+    code = "import sys, labkit.predict; print('labkit.train' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.strip() == "False"

@@ -1,0 +1,187 @@
+"""The shipped results: each protocol's runs (metrics.json, epochs.csv, test-set probabilities) in
+data/runs/<name>/, a SHA-256 manifest, and results.json, the one place the headline figures live.
+
+    python -m labkit.results ship SRC NAME   # ship a folder `labkit train --runs 10 --out SRC` wrote, as NAME
+    python -m labkit.results readme          # rewrite the README's results table from results.json
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .config import DATA_DIR, REPORT_TABLE
+from .records import atomic_write, load_metrics, save_json
+from .stats import summarize
+
+RUNS_DIR = DATA_DIR / "runs"
+MANIFEST = RUNS_DIR / "SHA256SUMS"
+RESULTS = RUNS_DIR / "results.json"
+SHIPPED = {"baseline": "baseline-e50", "improved": "improved-e8-fp32"}  # model -> its shipped protocol
+PROBS = "test_probabilities.npz"  # (runs, 10000, 10) float32 softmax of each run's final model
+
+
+class ResultsError(ValueError):
+    """A shipped result is missing or does not match its manifest."""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def manifest() -> dict[str, str]:
+    """{path relative to data/runs: SHA-256} as SHA256SUMS lists them."""
+    if not MANIFEST.is_file():
+        return {}
+    pairs = (line.split("  ", 1) for line in MANIFEST.read_text().splitlines() if line.strip())
+    return {name: digest for digest, name in pairs}
+
+
+def verify(name: str | None = None) -> list[str]:
+    """The manifest's files (of one protocol, or all) that exist and match; ResultsError otherwise."""
+    checked = []
+    for rel, digest in sorted(manifest().items()):
+        if name is not None and not rel.startswith(f"{name}/"):
+            continue
+        path = RUNS_DIR / rel
+        if not path.is_file():
+            raise ResultsError(f"{path}: listed in {MANIFEST.name} but missing")
+        if _sha256(path) != digest:
+            raise ResultsError(f"{path}: SHA-256 differs from {MANIFEST.name} (the file was changed)")
+        checked.append(rel)
+    if name is not None and not checked:
+        raise ResultsError(f"no shipped runs named {name!r} in {RUNS_DIR} (have: {', '.join(protocols()) or 'none'})")
+    return checked
+
+
+def protocols() -> list[str]:
+    """Names of the shipped protocols, e.g. ['baseline-e50', 'improved-e8']."""
+    return sorted({rel.split("/", 1)[0] for rel in manifest()})
+
+
+def load(name: str) -> dict:
+    """{"metrics": metrics.json, "probs": (runs, 10000, 10) float64} of a shipped protocol, verified."""
+    verify(name)
+    metrics = load_metrics(RUNS_DIR / name / "metrics.json")
+    probs = np.load(RUNS_DIR / name / PROBS)["probs"].astype(np.float64)
+    return {"metrics": metrics, "probs": probs}
+
+
+def headline(name: str, y_test) -> dict:
+    """The figures a reader quotes, computed from a shipped protocol's files."""
+    shipped = load(name)
+    m, probs = shipped["metrics"], shipped["probs"]
+    y = np.asarray(y_test)
+    single = (probs.argmax(2) == y).mean(1)  # (runs,)
+    per_class = np.stack([(probs.argmax(2)[:, y == d] == d).mean(1) for d in range(10)], 1)  # (runs, 10)
+    stats = summarize(m)
+    return {
+        "model": m["config"]["model"], "runs": len(m["runs"]), "epochs": m["config"]["epochs"],
+        "precision": sorted({r.get("precision", "fp32") for r in m["runs"]}),
+        "train": stats["train"], "test": stats["test"],
+        "ensemble_test_acc": float((probs.mean(0).argmax(1) == y).mean()),
+        "per_class_test_acc": [float(v) for v in per_class.mean(0)],
+        "test_acc_from_probabilities": [float(v) for v in single],
+        "wall_minutes": round(sum(r.get("wall_seconds", 0.0) for r in m["runs"]) / 60, 1),
+        "git_commit": m["provenance"]["git_commit"], "device_name": m["provenance"]["device_name"],
+        "torch": m["provenance"]["torch"], "cpu_threads": m["provenance"]["cpu_threads"],
+    }
+
+
+def command(metrics: dict) -> str:
+    """The `labkit train` command that makes these runs (only what differs from the model's recipe)."""
+    from .config import recipe
+
+    c, default = metrics["config"], recipe(metrics["config"]["model"]).to_dict()
+    flags = {"epochs": "--epochs", "limit_train": "--limit-train", "lr": "--lr", "batch_size": "--batch-size",
+             "momentum": "--momentum", "weight_decay": "--weight-decay", "precision": "--precision", "seed": "--seed"}
+    extra = "".join(f" {flag} {c[k]}" for k, flag in flags.items() if c.get(k, default[k]) != default[k])
+    return f"labkit train --model {c['model']} --runs {len(metrics['runs'])}{extra}"
+
+
+def write_results() -> dict:
+    """Recompute results.json from every shipped protocol (plus the report's own table)."""
+    from .data import load_mnist
+
+    y = load_mnist("test")[1]
+    out = {"report": REPORT_TABLE, **{name: headline(name, y) for name in protocols()}}
+    save_json(RESULTS, out)
+    return out
+
+
+def read_results() -> dict:
+    """results.json as committed."""
+    return json.loads(RESULTS.read_text())
+
+
+def ship(src, name: str) -> Path:
+    """Copy a finished protocol (metrics.json, epochs.csv) from src into data/runs/name, add the test-set
+    probabilities of each run's final checkpoint, and update SHA256SUMS and results.json."""
+    import torch
+
+    from .checkpoint import load_checkpoint, predict_proba
+    from .data import mnist_tensors
+
+    src, dst = Path(src), RUNS_DIR / name
+    metrics = load_metrics(src / "metrics.json")
+    unfinished = [r["seed"] for r in metrics["runs"] if len(r["epochs"]) != metrics["config"]["epochs"]]
+    if unfinished or len(metrics["runs"]) != metrics.get("runs_requested", len(metrics["runs"])):
+        raise ResultsError(f"{src}: not finished (seeds {unfinished} cut short, or fewer runs than requested)")
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in ("metrics.json", "epochs.csv"):
+        shutil.copyfile(src / f, dst / f)
+    x_test = mnist_tensors(limit_train=1)["x_test"]
+    probs = []
+    for r in metrics["runs"]:
+        model, ckpt = load_checkpoint(src / f"run-seed{r['seed']}.pt")
+        if ckpt["metrics"]["epochs"] != r["epochs"]:
+            raise ResultsError(f"{src}: run-seed{r['seed']}.pt is not the run metrics.json records")
+        with torch.no_grad():
+            probs.append(predict_proba(model, x_test, bool(ckpt["config"]["normalize"])).numpy().astype(np.float32))
+    atomic_write(dst / PROBS, lambda p: np.savez_compressed(open(p, "wb"), probs=np.stack(probs)))
+    sums = {rel: d for rel, d in manifest().items() if not rel.startswith(f"{name}/")}
+    sums.update({f"{name}/{p.name}": _sha256(p) for p in sorted(dst.iterdir()) if p.is_file()})
+    atomic_write(MANIFEST, lambda p: Path(p).write_text("".join(f"{d}  {rel}\n" for rel, d in sorted(sums.items()))))
+    write_results()
+    return dst
+
+
+README = DATA_DIR.parent / "README.md"
+_BEGIN, _END = "<!-- results table: python -m labkit.results readme -->", "<!-- end of results table -->"
+
+
+def readme_table(results: dict | None = None) -> str:
+    """The README's ten-run table (the report's rows beside each shipped protocol's), from results.json."""
+    results = results if results is not None else read_results()
+    rows = ["| | best | worst | mean | std (n−1) | ensemble |", "| --- | --- | --- | --- | --- | --- |"]
+    for split, name in (("train", "Training accuracy"), ("test", "Test accuracy")):
+        r = results["report"][split]
+        rows.append(f"| {name} — the report | {r['best']:.4f} | {r['worst']:.4f} | {r['mean']:.5f} | {r['std']:.6f} | |")
+        for model, protocol in SHIPPED.items():
+            h = results[protocol]
+            s = h[split]
+            label = {"baseline": "the report's network, its recipe", "improved": "improved model"}[model]
+            ens = f"{h['ensemble_test_acc']:.4f}" if split == "test" else ""
+            rows.append(f"| {name} — {label} ({h['runs']} runs × {h['epochs']} epochs, {'/'.join(h['precision'])}) "
+                        f"| {s['best']:.4f} | {s['worst']:.4f} | {s['mean']:.5f} | {s['std']:.6f} | {ens} |")
+    return "\n".join([_BEGIN, *rows, _END])
+
+
+def update_readme() -> None:
+    """Replace the README's results table with one made from results.json."""
+    text = README.read_text()
+    start, end = text.index(_BEGIN), text.index(_END) + len(_END)
+    README.write_text(text[:start] + readme_table() + text[end:])
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "ship":
+        print(ship(sys.argv[2], sys.argv[3]))
+    elif sys.argv[1:] == ["readme"]:
+        update_readme()
+    else:
+        sys.exit(__doc__)

@@ -1,0 +1,50 @@
+"""The notebooks' other paths, run with papermill (nbval runs them at their defaults)."""
+from __future__ import annotations
+
+import json
+
+import papermill as pm
+import pytest
+
+from labkit.config import NOTEBOOKS_DIR
+
+
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory):
+    """Notebook 03 with retrain=True at tiny settings, into a temporary folder, with MPLBACKEND=Agg set."""
+    import os
+
+    tmp = tmp_path_factory.mktemp("nb03")
+    old = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = "Agg"  # common in CI: figures must still appear in the executed notebook
+    try:
+        pm.execute_notebook(str(NOTEBOOKS_DIR / "03_evaluate_10_runs.ipynb"), str(tmp / "03.ipynb"), kernel_name="python3",
+                            parameters=dict(retrain=True, runs=2, epochs=1, limit_train=3000, out_dir=str(tmp / "runs")),
+                            cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+    finally:
+        os.environ.pop("MPLBACKEND") if old is None else os.environ.__setitem__("MPLBACKEND", old)
+    return tmp, json.loads((tmp / "03.ipynb").read_text())
+
+
+def _text(nb) -> str:
+    out = []
+    for c in nb["cells"]:
+        for o in c.get("outputs", []):
+            out.append("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", "")))
+    return "\n".join(out)
+
+
+def test_retrain_trains_into_the_given_folder_and_not_into_outputs(retrained):
+    tmp, nb = retrained
+    for m in ("baseline", "improved"):
+        metrics = json.loads((tmp / "runs" / m / "metrics.json").read_text())
+        assert [r["seed"] for r in metrics["runs"]] == [1, 2] and metrics["config"]["limit_train"] == 3000
+    text = _text(nb)
+    assert "2 runs trained here into" in text and "shipped runs" not in text
+    assert "Test accuracy — baseline" in text
+
+
+def test_figures_appear_with_mplbackend_agg(retrained):
+    _, nb = retrained
+    pngs = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+    assert pngs >= 5  # two curves, per-digit accuracy, confusion matrix, mistakes

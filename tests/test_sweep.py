@@ -1,0 +1,279 @@
+"""`labkit sweep` on Ray Tune: a tiny grid (2 learning rates x 2 seeds, 500 images, 1 epoch) on the local
+instance and on a separately started cluster, a killed worker, Ctrl-C and resume, bad grids."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from labkit import sweep
+from labkit.cli import main as cli_main
+from labkit.config import recipe
+
+pytest.importorskip("ray.tune")  # the `sweep` extra (installed by `make test`)
+
+TINY = ["--model", "baseline", "--grid", "lr=1e-4,1e-3", "--seeds", "1-2", "--epochs", "1", "--limit-train", "500",
+        "--cpus-per-trial", "1"]
+NAMES = ["lr=0.0001,seed=1", "lr=0.0001,seed=2", "lr=0.001,seed=1", "lr=0.001,seed=2"]
+KILLED = "lr=0.001,seed=1"
+
+
+def _short_tmp(factory, name):
+    """A temp folder short enough for Ray's Unix sockets (107 bytes) below it."""
+    path = factory.mktemp(name)
+    return path if len(str(path)) <= 48 else Path(tempfile.mkdtemp(prefix=name, dir="/tmp"))
+
+
+@pytest.fixture(scope="module")
+def ray_tmp(tmp_path_factory):
+    """Ray's session folders go under pytest's temp folder, not /tmp/ray."""
+    old = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = str(_short_tmp(tmp_path_factory, "rt"))
+    yield Path(os.environ["RAY_TMPDIR"])
+    if old is None:
+        os.environ.pop("RAY_TMPDIR")
+    else:
+        os.environ["RAY_TMPDIR"] = old
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory, ray_tmp):
+    """The tiny sweep on the local Ray instance, one trial's worker killed mid-epoch on its first attempt."""
+    out = tmp_path_factory.mktemp("sweep")
+    os.environ[sweep.KILL_ONCE_ENV] = KILLED
+    try:
+        rc = cli_main(["sweep", *TINY, "--out", str(out)])
+    finally:
+        os.environ.pop(sweep.KILL_ONCE_ENV)
+    return rc, out
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def _one_thread(fn):
+    """fn() with torch on one thread, as each trial runs (the thread count changes the last bits of sums)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_one_result_per_trial_each_equal_to_a_single_training_run(local_sweep, small_data):
+    from labkit.train import train_run
+
+    rc, out = local_sweep
+    assert rc == 0
+    s = sweep.load_sweep(out)
+    assert s["grid"] == {"lr": [1e-4, 1e-3]} and s["seeds"] == [1, 2] and s["trials_requested"] == 4
+    assert [t["name"] for t in s["trials"]] == NAMES
+    assert s["provenance"]["ray"] and s["provenance"]["cpus_per_trial"] == 1
+    data = {**small_data, "x_train": small_data["x_train"][:500], "y_train": small_data["y_train"][:500]}
+    for t in s["trials"]:
+        cfg = recipe("baseline", lr=t["config"]["lr"], seed=t["seed"], epochs=1, limit_train=500)
+        assert t["config"] == cfg.to_dict()  # every TrainConfig field
+        assert len(t["epochs"]) == 1 and t["provenance"]["cpu_threads"] == 1
+        alone = _one_thread(lambda: train_run(cfg.replace(device="cpu"), data=data))["epochs"][0]
+        mine = t["epochs"][0]
+        for k in ("train_acc", "test_acc"):  # to the printed digits (the table prints 4)
+            assert f"{mine[k]:.4f}" == f"{alone[k]:.4f}", (t["name"], k)
+        for k in ("train_loss", "test_loss"):
+            assert mine[k] == pytest.approx(alone[k], rel=1e-4, nan_ok=True), (t["name"], k)
+        # the trial's folder is what `labkit train --out` writes: metrics.json, epochs.csv, checkpoint
+        d = Path(t["dir"])
+        m = json.loads((d / "metrics.json").read_text())
+        assert _strip(m["runs"][0]["epochs"]) == _strip(t["epochs"])
+        assert (d / "epochs.csv").exists() and (d / f"run-seed{t['seed']}.pt").exists()
+    csv = (out / "sweep.csv").read_text().splitlines()
+    assert csv[0] == "lr,seed,epochs,train_loss,train_acc,test_loss,test_acc,wall_seconds" and len(csv) == 5
+    assert csv[3].startswith("0.001,1,1,")
+
+
+def test_a_trial_equals_labkit_train_with_the_same_flags(local_sweep, tmp_path, capsys):
+    """The issue's promise: any trial can be rerun alone with `labkit train --lr ... --seed ...`."""
+    _, out = local_sweep
+    trial = next(t for t in sweep.load_sweep(out)["trials"] if t["name"] == "lr=0.001,seed=2")
+    assert _one_thread(lambda: cli_main(["train", "--model", "baseline", "--lr", "1e-3", "--seed", "2", "--epochs", "1",
+                                         "--limit-train", "500", "--out", str(tmp_path / "alone")])) == 0
+    alone = json.loads((tmp_path / "alone" / "metrics.json").read_text())
+    assert alone["config"] == {**trial["config"], "device": "auto"}
+    assert _strip(alone["runs"][0]["epochs"]) == _strip(trial["epochs"])
+
+
+def test_a_killed_worker_is_retried_and_the_sweep_completes(local_sweep):
+    rc, out = local_sweep
+    trial_dir = out / "trials" / KILLED
+    assert "killed itself in epoch 1, step 1" in (trial_dir / ".killed-once").read_text()
+    s = sweep.load_sweep(out)
+    assert rc == 0 and len(s["trials"]) == 4
+    killed = next(t for t in s["trials"] if t["name"] == KILLED)
+    assert len(killed["epochs"]) == 1
+    assert {t["name"]: t["retries"] for t in s["trials"]} == {n: int(n == KILLED) for n in NAMES}  # Tune retried it once
+
+
+def test_rerun_skips_finished_trials(local_sweep, capsys):
+    _, out = local_sweep
+    before = sweep.load_sweep(out)["trials"]
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "trials").glob("*/metrics.json")}
+    capsys.readouterr()
+    assert cli_main(["sweep", *TINY, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "4 finished earlier, 0 to run" in printed and "ray " not in printed  # Ray not even started
+    assert sweep.load_sweep(out)["trials"] == before
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert "0.0001      2" in printed  # the table: lr, seeds, mean ± std
+
+
+@pytest.mark.parametrize("grid, why", [
+    (["--grid", "lrr=1e-4"], "unknown field 'lrr'"),
+    (["--grid", "lr=1e-4,fast"], "lr: 'fast' is not a number"),
+    (["--grid", "batch_size=64,1.5"], "batch_size: '1.5' is not a whole number"),
+    (["--grid", "lr="], "lr has an empty list of values"),
+    (["--grid", "lr=-1"], "lr > 0"),
+    (["--grid", "seed=1,2"], "give seeds with --seeds"),
+    (["--grid", "lr=1e-4", "--grid", "lr=1e-3"], "lr is given twice"),
+    (["--grid", "lr=1e-4", "--seeds", "3-1"], "counts down"),
+])
+def test_a_bad_grid_is_one_clear_error_before_anything_starts(grid, why, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert cli_main(["sweep", "--model", "baseline", *grid, "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert why in err and err.startswith("labkit sweep: error: ") and err.count("\n") == 1
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_parse_grid_types_and_all_problems_at_once():
+    base = recipe("baseline")
+    g = sweep.parse_grid(["lr=1e-5, 1e-4", "batch_size=64,128", "nesterov=true,false", "limit_train=none,600",
+                          "schedule=onecycle"], base)
+    assert g == {"lr": [1e-5, 1e-4], "batch_size": [64, 128], "nesterov": [True, False], "limit_train": [None, 600],
+                 "schedule": ["onecycle"]}
+    assert sweep.parse_grid({"lr": [1e-3, 0.01]}, base) == {"lr": [1e-3, 0.01]}
+    with pytest.raises(sweep.SweepError) as e:
+        sweep.parse_grid(["foo=1", "lr=x", "momentum=1.5", "epochs=2,2"], base)
+    msg = str(e.value)
+    for part in ("unknown field 'foo'", "lr: 'x' is not a number", "momentum", "epochs lists 2 twice"):
+        assert part in msg
+    assert sweep.parse_seeds("1-3,7") == [1, 2, 3, 7] and sweep.parse_seeds(5) == [5]
+    for bad in ("", "1-2,2", "a-b", "-1"):
+        with pytest.raises(sweep.SweepError):
+            sweep.parse_seeds(bad)
+
+
+def test_an_address_where_no_cluster_answers_is_a_clear_error(tmp_path, capsys):
+    port = _free_port()  # nothing listens there (Ray itself would retry for minutes)
+    assert cli_main(["sweep", *TINY, "--out", str(tmp_path / "s"), "--address", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert f"no Ray cluster answers at '127.0.0.1:{port}'" in err and "Traceback" not in err
+
+
+def test_ray_stays_on_loopback_without_usage_stats():
+    env = sweep.ray_env(None)
+    assert env["RAY_USAGE_STATS_ENABLED"] == "0" and env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    assert env["http_proxy"] == env["https_proxy"] == "http://127.0.0.1:9" and "127.0.0.1" in env["no_proxy"]
+    assert sweep.ray_env("127.0.0.1:6379")["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    far = sweep.ray_env("10.1.2.3:6379")  # a real cluster's own address: Ray must use the network there
+    assert far["RAY_USAGE_STATS_ENABLED"] == "0" and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in far
+    assert "http_proxy" not in far
+
+
+def test_ctrl_c_keeps_finished_trials_and_a_rerun_completes_the_rest(tmp_path, ray_tmp, capsys):
+    out = tmp_path / "sweep"
+    args = [*TINY, "--seeds", "1-4", "--out", str(out)]  # 8 trials, 2 at a time
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "labkit", "sweep", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if sweep.load_sweep(out)["trials"]:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "run the same command again" in stderr and "Traceback" not in stderr
+    kept = sweep.load_sweep(out)["trials"]
+    assert 1 <= len(kept) < 8, "Ctrl-C came after every trial had finished: make the trials longer"
+    capsys.readouterr()
+    assert cli_main(["sweep", *args]) == 0
+    printed = capsys.readouterr().out
+    earlier = int(printed.split(" finished earlier")[0].rsplit(" ", 1)[1])
+    assert len(kept) <= earlier < 8 and f"{8 - earlier} to run" in printed
+    final = sweep.load_sweep(out)["trials"]
+    assert len(final) == 8 and all(len(t["epochs"]) == 1 for t in final)
+    for t in kept:  # loaded, not retrained: the same start time and numbers
+        again = next(f for f in final if f["name"] == t["name"])
+        assert again["provenance"]["started"] == t["provenance"]["started"] and again["epochs"] == t["epochs"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_same_sweep_on_a_separately_started_cluster(local_sweep, tmp_path, tmp_path_factory, capsys, monkeypatch):
+    """`ray start --head --node-ip-address 127.0.0.1` in its own processes, then `labkit sweep --address`."""
+    import secrets
+
+    ray_bin = Path(sys.executable).with_name("ray")
+    temp = _short_tmp(tmp_path_factory, "rc")
+    token = tmp_path / "auth_token"  # the cluster's token, not the user's ~/.ray one
+    token.write_text(secrets.token_hex(32))
+    port = _free_port()
+    # the environment labkit gives Ray for a loopback address: 127.0.0.1 only, no usage statistics
+    env = {**os.environ, **sweep.ray_env(f"127.0.0.1:{port}"), "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN_PATH": str(token)}
+    log = (tmp_path / "head.log").open("w")
+    # --block keeps the head in this one process, so the finally stops exactly this cluster (`ray stop`
+    # would stop every Ray instance on the machine, other people's included)
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                             "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
+                             "--disable-usage-stats", "--temp-dir", str(temp)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "block forever" not in (tmp_path / "head.log").read_text():
+            assert head.poll() is None and time.monotonic() < deadline, (tmp_path / "head.log").read_text()[-3000:]
+            time.sleep(0.2)
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))  # labkit turns token auth on for --address
+        out = tmp_path / "sweep"
+        capsys.readouterr()
+        assert cli_main(["sweep", *TINY, "--out", str(out), "--address", f"127.0.0.1:{port}"]) == 0
+        printed = capsys.readouterr().out
+        assert f"127.0.0.1:{port}: 2 CPUs" in printed
+        s = sweep.load_sweep(out)
+        assert s["provenance"]["address"] == f"127.0.0.1:{port}"
+        local = sweep.load_sweep(local_sweep[1])["trials"]
+        assert [t["name"] for t in s["trials"]] == NAMES
+        for a, b in zip(s["trials"], local):
+            assert a["config"] == b["config"] and _strip(a["epochs"]) == _strip(b["epochs"])
+        assert any(temp.glob("session_*/logs/*"))  # the trials ran in that cluster's processes
+    finally:
+        head.send_signal(signal.SIGTERM)  # the head drains and stops its raylet, GCS and workers
+        try:
+            head.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        log.close()
+    leftover = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True).stdout.split()
+    assert not leftover, f"processes of the test cluster still running: {leftover}"
