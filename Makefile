@@ -2,7 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PARAMS ?= params/full.yaml
-# The CPU build of torch is enough for everything here; override e.g. TORCH=torch for a CUDA one.
+# torch for the venv: everything here runs on a CPU. On Linux, PyPI's torch is the CUDA build; for the CPU
+# build use e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cpu" (see the README).
 TORCH ?= torch==2.13.0
 
 .PHONY: install test test-unit test-notebooks report benchmark clean
@@ -11,7 +12,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[test,sweep]"
 	touch $@
 
