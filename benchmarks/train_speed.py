@@ -205,7 +205,7 @@ def main() -> None:
 
     import torch
 
-    from labkit import fastpath
+    from labkit import device, fastpath
 
     contenders = {"report": {}}  # name -> environment of its worker
     for lv in _levels(args.levels):
@@ -216,8 +216,8 @@ def main() -> None:
         contenders["improved"] = {}
     native = os.environ.get("LABKIT_CPU_LEVEL") or "native"
     print(f"train_speed: {args.rounds} round(s), one epoch of 60,000 images per contender per round, taking turns")
-    print(f"CPU: {fastpath.cpu_name()} ({platform.machine()}); levels it runs: {', '.join(fastpath.supported_levels())}")
-    print(f"ISA: {fastpath.isa_summary()}")
+    print(f"CPU: {device.cpu_name()} ({platform.machine()}); levels it runs: {', '.join(fastpath.supported_levels())}")
+    print(f"ISA: {device.isa_summary()}")
     print(f"labkit's default level here: {fastpath.cpu_level()} (LABKIT_CPU_LEVEL={native}); torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, torch's own CPU capability {torch.backends.cpu.get_cpu_capability()}; "
           f"started {time.strftime('%Y-%m-%d %H:%M:%S')}")

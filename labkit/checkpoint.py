@@ -7,12 +7,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .config import OLD_MODEL_NAMES
 from .data import to_input
 from .models import build_model
 from .records import atomic_write
-
-OLD_NAMES = {"seed": "baseline"}  # model names of checkpoints written before the rename
-
 
 class CheckpointError(ValueError):
     """A model checkpoint is missing or unreadable."""
@@ -36,10 +34,10 @@ def load_checkpoint(path, device="cpu"):
     """(model in eval mode, checkpoint dict) from a file save_checkpoint wrote."""
     ckpt = torch.load(path, map_location=device, weights_only=True)
     name = ckpt["model"]
-    if name in OLD_NAMES:
-        warnings.warn(f"{Path(path).name}: written when the {OLD_NAMES[name]!r} model was called {name!r}; "
-                      f"loaded as {OLD_NAMES[name]!r}", UserWarning, stacklevel=2)
-        ckpt["model"] = name = OLD_NAMES[name]
+    if name in OLD_MODEL_NAMES:
+        warnings.warn(f"{Path(path).name}: written when the {OLD_MODEL_NAMES[name]!r} model was called {name!r}; "
+                      f"loaded as {OLD_MODEL_NAMES[name]!r}", UserWarning, stacklevel=2)
+        ckpt["model"] = name = OLD_MODEL_NAMES[name]
         ckpt.get("config", {})["model"] = name
     model = build_model(name).to(device)
     model.load_state_dict(ckpt["state_dict"])

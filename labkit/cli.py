@@ -6,15 +6,14 @@ import datetime as _dt
 import sys
 from pathlib import Path
 
-from .config import DEVICES, MODEL_NAMES, N_TRAIN, OUTPUTS_DIR, PRECISIONS, REPORT_TABLE, ConfigError, recipe
-from .preprocess import METHODS
+from .config import DEVICES, MODEL_NAMES, N_TRAIN, OUTPUTS_DIR, PRECISIONS, PREPROCESSING, REPORT_TABLE, ConfigError, recipe
 
 
 def _stamp() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def _int_in(lo: int, hi: int | None = None):
+def int_in(lo: int, hi: int | None = None):
     """An argparse type: a whole number in lo..hi, else argparse's one-line error."""
     def parse(text: str) -> int:
         try:
@@ -88,12 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train R runs of a model and write metrics.json")
     t.add_argument("--model", required=True, choices=MODEL_NAMES, help="baseline: the report's network")
-    t.add_argument("--epochs", type=_int_in(1), help="default: the model's full recipe (baseline: 50)")
-    t.add_argument("--runs", type=_int_in(1), default=1, help="independent runs, seeds S, S+1, ... (default 1)")
+    t.add_argument("--epochs", type=int_in(1), help="default: the model's full recipe (baseline: 50)")
+    t.add_argument("--runs", type=int_in(1), default=1, help="independent runs, seeds S, S+1, ... (default 1)")
     t.add_argument("--seed", type=int, help="random seed of the first run (default: the recipe's, 1)")
-    t.add_argument("--limit-train", type=_int_in(1, N_TRAIN), help=f"train on the first N (1..{N_TRAIN}) training images only")
+    t.add_argument("--limit-train", type=int_in(1, N_TRAIN), help=f"train on the first N (1..{N_TRAIN}) training images only")
     t.add_argument("--lr", type=_positive_float, help="peak learning rate (default: the recipe's)")
-    t.add_argument("--batch-size", type=_int_in(1), help="default: the recipe's, 128")
+    t.add_argument("--batch-size", type=int_in(1), help="default: the recipe's, 128")
     t.add_argument("--momentum", type=float, help="SGD momentum (default: the recipe's)")
     t.add_argument("--weight-decay", type=float, help="L2 on weights (default: the recipe's)")
     t.add_argument("--out", help="output folder (default outputs/train-MODEL-TIMESTAMP)")
@@ -105,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="predict the digit in image files")
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--checkpoint", help="a checkpoint from labkit train (default: the shipped model)")
-    pr.add_argument("--preprocess", default="mnist", choices=METHODS, help="mnist: MNIST-style (default); report: the report's readImage")
+    pr.add_argument("--preprocess", default="mnist", choices=PREPROCESSING, help="mnist: MNIST-style (default); report: the report's readImage")
     pr.add_argument("--json", action="store_true", help="one JSON object per line")
     pr.set_defaults(func=cmd_predict)
 

@@ -16,6 +16,15 @@ CUSTOM_DIR = DATA_DIR / "custom"  # the synthetic custom digit set (notebook 04)
 WEIGHTS_DIR = DATA_DIR / "weights"  # shipped, trained checkpoints with their provenance
 DEFAULT_CHECKPOINT = WEIGHTS_DIR / "improved.pt"  # the model predict/widgets use by default
 
+def display_path(path) -> str:
+    """A path relative to the project when it lies inside it (no machine paths in outputs)."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(PROJECT_ROOT))
+    except (ValueError, OSError):
+        return str(p)
+
+
 # The report's published ten-run table (best, worst, mean, std), for comparison everywhere.
 REPORT_TABLE = {
     "train": {"best": 0.8996, "worst": 0.8979, "mean": 0.89885, "std": 0.000583571380000371},
@@ -29,6 +38,8 @@ PRECISIONS = ("fp32", "bf16", "auto")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("constant", "onecycle")
 N_TRAIN = 60_000  # MNIST training images
+PREPROCESSING = ("mnist", "report")  # how a picture becomes a 28x28: MNIST-style (default) or the report's readImage
+OLD_MODEL_NAMES = {"seed": "baseline"}  # model names in files written before the rename
 
 
 class ConfigError(ValueError):
@@ -101,3 +112,17 @@ def recipe(model: str = "baseline", **overrides) -> TrainConfig:
     fields = {**RECIPES[model], "model": model}
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**fields)
+
+
+def comparable(config: dict, ignore=("seed", "device")) -> dict:
+    """A saved config as a dict to compare runs by: fields newer than the file take their defaults,
+    old model names their new ones, and the fields in `ignore` (what runs may differ in) are left out."""
+    config = {**TrainConfig().to_dict(), **config}
+    config["model"] = OLD_MODEL_NAMES.get(config["model"], config["model"])
+    return {k: v for k, v in config.items() if k not in ignore}
+
+
+def differing_fields(a: dict, b: dict, ignore=("seed", "device")) -> list[str]:
+    """The fields in which two configs (as comparable() sees them) differ."""
+    a, b = comparable(a, ignore), comparable(b, ignore)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))

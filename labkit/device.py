@@ -1,6 +1,7 @@
-"""Where a run computes: CUDA or CPU, fp32 or bf16, and the name of the processor."""
+"""Where a run computes: CUDA or CPU, fp32 or bf16, and what the processor is (name, flags, SIMD)."""
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 
@@ -38,15 +39,45 @@ def resolve_precision(precision: str, device: torch.device, model: str = "improv
     return "bf16" if device.type == "cpu" and amx() else "fp32"
 
 
-def cpu_name() -> str:
-    """The processor's model name (Linux /proc/cpuinfo), else what platform reports."""
+@functools.lru_cache(maxsize=None)
+def _cpuinfo_field(name: str) -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if line.split(":")[0].strip() == name:
+                return line.partition(":")[2].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (x86 'flags', ARM 'Features'); empty elsewhere."""
+    return frozenset((_cpuinfo_field("flags") or _cpuinfo_field("Features")).split())
+
+
+def is_x86_64() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def isa_summary() -> str:
+    """This CPU's SIMD in a few words, e.g. 'AVX-512 (avx512f, avx512_bf16, ...), AVX2, FMA; no AMX'."""
+    flags = cpu_flags()
+    if not flags:
+        return f"{platform.machine()} (flags unknown)"
+    if not is_x86_64():
+        return f"{platform.machine()}: " + ", ".join(f for f in ("asimd", "sve", "sve2", "bf16") if f in flags)
+    avx512 = sorted(f for f in flags if f.startswith("avx512"))
+    parts = []
+    if avx512:
+        parts.append(f"AVX-512 ({', '.join(avx512)})")
+    parts += [name for name, flag in (("AVX2", "avx2"), ("FMA", "fma"), ("AVX", "avx"), ("SSE4.2", "sse4_2")) if flag in flags]
+    amx = sorted(f for f in flags if f.startswith("amx"))
+    return ", ".join(parts) + ("; AMX (" + ", ".join(amx) + ")" if amx else "; no AMX")
 
 
 def device_name(device: torch.device | str) -> str:

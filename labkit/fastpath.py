@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import functools
 import hashlib
 import os
 import platform
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from .device import cpu_flags, is_x86_64
 
 SOURCE = Path(__file__).with_name("convpool.c")
 CPU_LEVELS = ("x86-64-v2", "x86-64-v3", "x86-64-v4", "native")
@@ -51,52 +52,11 @@ def _warn_once(message: str) -> None:
 # ---------------------------------------------------------------- the CPU
 
 
-@functools.lru_cache(maxsize=None)
-def _cpuinfo_field(name: str) -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":")[0].strip() == name:
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux lists them (x86 'flags', ARM 'Features'); empty elsewhere."""
-    return frozenset((_cpuinfo_field("flags") or _cpuinfo_field("Features")).split())
-
-
-def _is_x86_64() -> bool:
-    return platform.machine().lower() in ("x86_64", "amd64")
-
-
 def supported_levels() -> list[str]:
     """The CPU levels this CPU can run, lowest first; 'native' always."""
     flags = cpu_flags()
-    x86 = [lv for lv, need in LEVEL_FLAGS.items() if _is_x86_64() and need <= flags]
+    x86 = [lv for lv, need in LEVEL_FLAGS.items() if is_x86_64() and need <= flags]
     return x86 + ["native"]
-
-
-def isa_summary() -> str:
-    """This CPU's SIMD in a few words, e.g. 'AVX-512 (avx512f, avx512_bf16, ...), AVX2, FMA; no AMX'."""
-    flags = cpu_flags()
-    if not flags:
-        return f"{platform.machine()} (flags unknown)"
-    if not _is_x86_64():
-        return f"{platform.machine()}: " + ", ".join(f for f in ("asimd", "sve", "sve2", "bf16") if f in flags)
-    avx512 = sorted(f for f in flags if f.startswith("avx512"))
-    parts = []
-    if avx512:
-        parts.append(f"AVX-512 ({', '.join(avx512)})")
-    parts += [name for name, flag in (("AVX2", "avx2"), ("FMA", "fma"), ("AVX", "avx"), ("SSE4.2", "sse4_2")) if flag in flags]
-    amx = sorted(f for f in flags if f.startswith("amx"))
-    return ", ".join(parts) + ("; AMX (" + ", ".join(amx) + ")" if amx else "; no AMX")
 
 
 def cpu_level() -> str:

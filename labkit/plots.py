@@ -7,6 +7,8 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
+from . import stats
+
 
 def digit_grid(images, labels, per_digit: int = 8, seed: int = 0):
     """A row of randomly drawn examples for each digit 0-9."""
@@ -43,16 +45,18 @@ def _epochs(run, key):
 
 
 def curves(metrics: dict, title: str = "", report_counting: bool = False, reference: dict | None = None,
-           beside: dict | None = None, beside_label: str = ""):
+           beside: dict | None = None, beside_label: str = "", fig=None):
     """Accuracy and loss per epoch, train and test, for every run (thin), with their mean and a +-1 std band.
 
     reference: {"train": acc, "test": acc} drawn as dotted horizontal lines (the report's published means);
-    beside: another metrics dict whose mean curves are drawn in grey for comparison (e.g. a shipped run).
+    beside: another metrics dict whose mean curves are drawn in grey for comparison (e.g. a shipped run);
+    fig: an empty matplotlib Figure to draw into (default: a new pyplot figure, which Jupyter shows).
     """
     runs = [r for r in metrics["runs"] if r["epochs"]]
     n = min(len(r["epochs"]) for r in runs)
     x = np.arange(1, n + 1)
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig = fig if fig is not None else plt.figure(figsize=(12, 4.2))
+    ax_acc, ax_loss = fig.subplots(1, 2)
     for split, color in (("train", "tab:blue"), ("test", "tab:orange")):
         for ax, key in ((ax_acc, f"{split}_acc"), (ax_loss, f"{split}_loss")):
             vals = np.stack([_epochs(r, key)[:n] for r in runs])  # (runs, epochs)
@@ -174,8 +178,7 @@ def per_class_accuracy(y_true, probs_by_model: dict):
     width = 0.8 / len(probs_by_model)
     rows = {}
     for k, (name, probs) in enumerate(probs_by_model.items()):  # probs: (runs, N, 10)
-        pred = np.asarray(probs).argmax(-1)
-        acc = np.stack([(pred[:, y == d] == d).mean(1) for d in range(10)], 1)  # (runs, 10)
+        acc = stats.per_class_accuracy(probs, y)  # (runs, 10)
         rows[name] = acc
         err = acc.std(0, ddof=1) if len(acc) > 1 else None
         ax.bar(np.arange(10) + (k - (len(probs_by_model) - 1) / 2) * width, acc.mean(0), width, yerr=err, capsize=2,

@@ -9,19 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import DEFAULT_CHECKPOINT, PROJECT_ROOT
+from .config import DEFAULT_CHECKPOINT, display_path
 from .preprocess import METHODS, ImageError
 from .preprocess import preprocess as preprocess_image  # the parameter `preprocess` names the method
 from .checkpoint import CheckpointError, load_checkpoint, predict_proba
-
-
-def display_path(path) -> str:
-    """A path relative to the project when it lies inside it (no machine paths in outputs)."""
-    p = Path(path)
-    try:
-        return str(p.resolve().relative_to(PROJECT_ROOT))
-    except (ValueError, OSError):
-        return str(p)
 
 
 def target_from_name(name) -> int | None:

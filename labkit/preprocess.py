@@ -23,9 +23,10 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
+from .config import PREPROCESSING
 from .safeio import ReadRefused, read_at_most, read_regular
 
-METHODS = ("mnist", "report")
+METHODS = PREPROCESSING  # declared with the other choices in labkit.config
 WORK_SIDE = 640  # photos are downscaled to at most this side before the heavy steps
 _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 MAX_IMAGE_BYTES = 50_000_000  # larger files are refused before reading (a 12 MP JPEG is ~5 MB)

@@ -16,7 +16,7 @@ import numpy as np
 
 from .config import DATA_DIR, REPORT_TABLE
 from .records import atomic_write, load_metrics, save_json
-from .stats import summarize
+from .stats import per_class_accuracy, summarize
 
 RUNS_DIR = DATA_DIR / "runs"
 MANIFEST = RUNS_DIR / "SHA256SUMS"
@@ -77,7 +77,7 @@ def headline(name: str, y_test) -> dict:
     m, probs = shipped["metrics"], shipped["probs"]
     y = np.asarray(y_test)
     single = (probs.argmax(2) == y).mean(1)  # (runs,)
-    per_class = np.stack([(probs.argmax(2)[:, y == d] == d).mean(1) for d in range(10)], 1)  # (runs, 10)
+    per_class = per_class_accuracy(probs, y)  # (runs, 10)
     stats = summarize(m)
     return {
         "model": m["config"]["model"], "runs": len(m["runs"]), "epochs": m["config"]["epochs"],

@@ -45,3 +45,9 @@ def format_table(metrics: dict, report: dict | None = None) -> str:
     for name, best, worst, mean, std in table_rows(metrics, metrics["config"]["model"], report):
         lines.append(f"{name:<34} {best:>8.4f} {worst:>8.4f} {mean:>9.5f} {std:>10.6f}")
     return "\n".join(lines)
+
+
+def per_class_accuracy(probs, y) -> np.ndarray:
+    """(runs, 10): the accuracy of each run on the test images of each digit; probs (runs, N, 10), y (N,)."""
+    pred, y = np.asarray(probs).argmax(-1), np.asarray(y)
+    return np.stack([(pred[:, y == d] == d).mean(1) for d in range(10)], 1)

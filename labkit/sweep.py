@@ -7,7 +7,6 @@ stays fast.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as _dt
 import ipaddress
@@ -21,7 +20,7 @@ import types
 import typing
 from pathlib import Path
 
-from .config import DEVICES, MODEL_NAMES, OUTPUTS_DIR, PRECISIONS, ConfigError, TrainConfig, recipe
+from .config import DEVICES, MODEL_NAMES, OUTPUTS_DIR, PRECISIONS, ConfigError, TrainConfig, differing_fields, recipe
 
 # Threads per trial: on this project's 2-core machine (shared with other work), two 1-thread trials
 # side by side beat one 2-thread trial at a time: 4 baseline trials x 2 epochs x 60,000 images took
@@ -214,9 +213,8 @@ def _record(name: str, config: dict, run: dict, trial_dir: Path, fallback_proven
 # ----------------------------------------------------------------------------- what is finished
 
 def _same_config(a: dict, b: dict) -> bool:
-    """Equal configs, device aside (a trial may run on any device); fields newer than a saved config take defaults."""
-    full = lambda c: {k: v for k, v in {**TrainConfig().to_dict(), **c}.items() if k != "device"}
-    return full(a) == full(b)
+    """Equal configs, seed included, device aside (a trial may run on any device)."""
+    return not differing_fields(a, b, ignore=("device",))
 
 
 def _finished_record(trial: dict, earlier: dict) -> dict | None:
@@ -241,26 +239,18 @@ def _foreign_config(trial: dict) -> str | None:
     """Which fields differ when the trial's folder already holds runs of another config (None if not)."""
     try:
         old = json.loads((Path(trial["dir"]) / "metrics.json").read_text())["config"]
+        differ = differing_fields({**old, "seed": trial["seed"]}, trial["config"], ignore=("device",))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    old = {**old, "seed": trial["seed"]}
-    if _same_config(old, trial["config"]):
-        return None
-    return ", ".join(sorted(k for k, v in trial["config"].items() if k != "device" and old.get(k, v) != v)) or "?"
+    return ", ".join(differ) or None
 
 
 # ----------------------------------------------------------------------------- sweep.json, CSV, table
 
-def _mean_std(values) -> tuple[float, float]:
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    mean = sum(values) / n
-    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan"))
-
-
 def summary(sweep: dict) -> list[dict]:
     """One row per grid point: its values, n (seeds finished), and mean and std (n-1) over seeds of each final metric."""
+    from .stats import accuracy_stats
+
     grid = sweep["grid"]
     groups: dict[tuple, list[dict]] = {}
     for t in sweep["trials"]:
@@ -270,7 +260,8 @@ def summary(sweep: dict) -> list[dict]:
         finals = groups.get(tuple(values), [])
         row = {**dict(zip(grid, values)), "n": len(finals)}
         for k in FINAL_KEYS:
-            row[k + "_mean"], row[k + "_std"] = _mean_std([f[k] for f in finals])
+            st = accuracy_stats([f[k] for f in finals]) if finals else {"mean": math.nan, "std": math.nan}
+            row[k + "_mean"], row[k + "_std"] = st["mean"], st["std"]
         rows.append(row)
     return rows
 
@@ -601,34 +592,23 @@ def _tune(ray, address, pending, cpus_per_trial, gpus_per_trial, max_failures, r
 
 # ----------------------------------------------------------------------------- CLI
 
-def _whole(lo: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"{value} must be >= {lo}")
-        return value
-    return parse
-
-
 def register(subparsers) -> None:
     """Add `labkit sweep` to the CLI's subparsers (Ray is imported only when it runs)."""
+    from .cli import int_in
     s = subparsers.add_parser("sweep", help="train a grid of configs x seeds on Ray Tune and write sweep.json")
     s.add_argument("--model", required=True, choices=MODEL_NAMES, help="the recipe the grid varies")
     s.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
                    help="a TrainConfig field and its values, e.g. lr=1e-5,1e-4,1e-3; repeat for a product of fields")
     s.add_argument("--seeds", default="1", help="random seeds of each grid point, e.g. 1-3 or 1,5,9 (default 1)")
-    s.add_argument("--epochs", type=_whole(1), help="default: the model's recipe (baseline: 50)")
-    s.add_argument("--limit-train", type=_whole(1), help="train on the first N training images only")
+    s.add_argument("--epochs", type=int_in(1), help="default: the model's recipe (baseline: 50)")
+    s.add_argument("--limit-train", type=int_in(1), help="train on the first N training images only")
     s.add_argument("--out", help="output folder (default outputs/sweeps/MODEL-TIMESTAMP); the same --out resumes")
     s.add_argument("--address", help="HOST:PORT of a running Ray cluster (default: a Ray instance on this machine)")
-    s.add_argument("--cpus-per-trial", type=_whole(1),
+    s.add_argument("--cpus-per-trial", type=int_in(1),
                    help=f"CPUs and torch threads per trial (default {DEFAULT_CPUS_PER_TRIAL}, the fastest measured here)")
     s.add_argument("--gpus-per-trial", type=float,
                    help=f"GPUs per trial; fractions share a GPU (default {DEFAULT_GPUS_PER_TRIAL} where the cluster has GPUs)")
-    s.add_argument("--max-failures", type=_whole(0), default=2, help="retries of a failed trial (default 2)")
+    s.add_argument("--max-failures", type=int_in(0), default=2, help="retries of a failed trial (default 2)")
     s.add_argument("--device", choices=DEVICES, help="default auto: the trial's GPU when it has one")
     s.add_argument("--precision", choices=PRECISIONS, help="default: the recipe's")
     s.add_argument("--no-resume", action="store_true", help="retrain trials already finished in --out")

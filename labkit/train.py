@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import OUTPUTS_DIR, RECIPES, TrainConfig
+from .config import OUTPUTS_DIR, RECIPES, TrainConfig, differing_fields
 from .data import mnist_tensors, to_input
 from .device import resolve_device, resolve_precision
 from .models import build_model
@@ -191,12 +191,6 @@ def runs_dir(cfg: TrainConfig) -> Path:
     return OUTPUTS_DIR / "runs" / f"{cfg.model}-e{cfg.epochs}-{'all' if cfg.limit_train is None else cfg.limit_train}{precision}"
 
 
-def _comparable(config: dict) -> dict:
-    """A config minus what runs may differ in; fields newer than a saved config take their defaults."""
-    config = {**config, "model": {"seed": "baseline"}.get(config.get("model"), config.get("model"))}  # old name
-    return {k: v for k, v in {**TrainConfig().to_dict(), **config}.items() if k not in ("seed", "device")}
-
-
 def _checkpoint_path(out_dir: Path, seed: int) -> Path:
     return out_dir / f"run-seed{seed}.pt"
 
@@ -205,12 +199,12 @@ def _finished_from_checkpoints(out_dir: Path, cfg: TrainConfig) -> dict[int, dic
     """Runs of `cfg` that finished, rebuilt from the checkpoints in out_dir (each holds its run's metrics)."""
     done = {}
     for path in sorted(out_dir.glob("run-seed*.pt")):
-        try:
-            ckpt = load_checkpoint(path)[1]
+        try:  # the dict only: the weights are not needed to read a run's metrics
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # a damaged checkpoint is one run to retrain, not a reason to stop
             continue
         run = {**ckpt.get("metrics", {}), "provenance": ckpt.get("provenance")}
-        if _comparable(ckpt.get("config", {})) != _comparable(cfg.to_dict()):
+        if differing_fields(ckpt.get("config", {}), cfg.to_dict()):
             raise RunsFolderError(f"{out_dir} holds a checkpoint of another config ({path.name}); choose another "
                                   "output folder, or retrain into it without resuming")
         if isinstance(run.get("seed"), int) and len(run.get("epochs", [])) == cfg.epochs:
@@ -230,8 +224,8 @@ def _previous_runs(out_dir: Path, cfg: TrainConfig) -> dict[int, dict]:
         warnings.warn(f"{e}; kept it as {aside.name} and rebuilt {len(done)} finished run(s) from their checkpoints",
                       RuntimeWarning, stacklevel=3)
         return done
-    if _comparable(old["config"]) != _comparable(cfg.to_dict()):
-        differ = sorted(k for k, v in _comparable(cfg.to_dict()).items() if _comparable(old["config"]).get(k) != v)
+    differ = differing_fields(old["config"], cfg.to_dict())
+    if differ:
         raise RunsFolderError(f"{out_dir} holds runs of another config (differs in {', '.join(differ)}); "
                               "choose another output folder, or retrain into it without resuming")
     return {r["seed"]: {**r, "provenance": r.get("provenance", old.get("provenance"))}  # each run keeps its own

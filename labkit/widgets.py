@@ -23,7 +23,8 @@ import traitlets
 from ipywidgets.widgets.trait_types import bytes_serialization
 from PIL import Image
 
-from .config import OUTPUTS_DIR, PACKAGE_DIR, RECIPES, recipe
+from . import plots  # imported here, on the kernel's thread (pyplot), not first in a training thread
+from .config import MODEL_NAMES, OUTPUTS_DIR, PACKAGE_DIR, display_path, recipe
 from .preprocess import ImageError, as_viewed
 
 THUMB = 112  # side of the pictures shown, in screen pixels
@@ -260,15 +261,6 @@ class PanelProgress:
         self.panel._epoch_done(row)
 
 
-def _shown_path(path: Path) -> str:
-    from .config import PROJECT_ROOT
-
-    try:
-        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
-    except ValueError:
-        return str(path)
-
-
 class TrainPanel(widgets.VBox):
     """The report's GUI, training half: Train, a progress bar over steps, each finished epoch's
     train/test loss and accuracy, a curve redrawn in place, and Stop.
@@ -281,8 +273,8 @@ class TrainPanel(widgets.VBox):
 
     def __init__(self, model: str = "baseline", epochs: int = 1, limit_train: int | None = None,
                  out_dir=None, **kwargs):
-        if model not in RECIPES:
-            raise ValueError(f"unknown model {model!r}; choose from {sorted(RECIPES)}")
+        if model not in MODEL_NAMES:  # refused here, not when Train is pressed
+            raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}")
         self.out_dir_arg = Path(out_dir) if out_dir not in (None, "") else None
         self.out_dir: Path | None = None  # the folder of the latest training
         self.rows: list[dict] = []  # finished epochs of the latest training
@@ -295,7 +287,7 @@ class TrainPanel(widgets.VBox):
         self._epochs = int(epochs)  # of the training under way
 
         box = dict(layout=widgets.Layout(width="auto"), style={"description_width": "initial"})
-        self.model = widgets.Dropdown(options=sorted(RECIPES), value=model, description="model", **box)
+        self.model = widgets.Dropdown(options=MODEL_NAMES, value=model, description="model", **box)
         self.epochs = widgets.BoundedIntText(value=int(epochs), min=1, max=500, description="epochs",
                                              layout=widgets.Layout(width="130px"))
         self.limit_train = widgets.BoundedIntText(value=int(limit_train or 0), min=0, max=60000,
@@ -355,7 +347,7 @@ class TrainPanel(widgets.VBox):
                 self._set_status(
                     f"done: {len(self.rows)} epoch(s) in {time.perf_counter() - t0:.1f} s, test accuracy "
                     f"{last.get('test_acc', float('nan')):.4f}; metrics.json and run-seed{cfg.seed}.pt in "
-                    f"<code>{html.escape(_shown_path(self.out_dir))}</code>")
+                    f"<code>{html.escape(display_path(self.out_dir))}</code>")
             except train_mod.TrainingStopped:
                 self.state = "stopped"
                 self.metrics = self._read_metrics()
@@ -366,7 +358,7 @@ class TrainPanel(widgets.VBox):
                 self._set_status(
                     f"stopped on request after step {step}/{steps} of epoch {epoch}: {len(self.rows)} finished "
                     f"epoch(s) kept in metrics.json and run-seed{cfg.seed}.pt in "
-                    f"<code>{html.escape(_shown_path(self.out_dir))}</code>")
+                    f"<code>{html.escape(display_path(self.out_dir))}</code>")
             except Exception as e:  # shown in the panel: a thread's traceback would reach no one
                 self.state, self.error = "error", e
                 self.bar.bar_style = "danger"
@@ -440,24 +432,7 @@ def epochs_table_html(rows: list[dict]) -> str:
 
 
 def curve_png(rows: list[dict]) -> bytes:
-    """PNG of accuracy and loss per finished epoch, train and test."""
-    from matplotlib.figure import Figure  # no pyplot: safe in the training thread, no figure left open
-    from matplotlib.ticker import MaxNLocator
+    """PNG of accuracy and loss per finished epoch, train and test (plots.curves, drawn off pyplot)."""
+    from matplotlib.figure import Figure  # not pyplot's: safe in the training thread, no figure left open
 
-    fig = Figure(figsize=(8, 2.6), dpi=90)
-    ax_acc, ax_loss = fig.subplots(1, 2)
-    x = [r["epoch"] for r in rows]
-    for split, color in (("train", "tab:blue"), ("test", "tab:orange")):
-        ax_acc.plot(x, [r[f"{split}_acc"] for r in rows], "o-", color=color, label=split)
-        ax_loss.plot(x, [r[f"{split}_loss"] for r in rows], "o-", color=color, label=split)
-    for ax, name in ((ax_acc, "accuracy"), (ax_loss, "loss")):
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.set_xlim(0.5, len(rows) + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    ax_acc.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return plots.figure_png(plots.curves({"runs": [{"epochs": rows}]}, fig=Figure(figsize=(8, 2.8))))

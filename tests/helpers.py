@@ -1,6 +1,8 @@
 """Helpers shared by the tests (pytest puts tests/ on sys.path: `from helpers import ...`)."""
 from __future__ import annotations
 
+import io
+import math
 import struct
 import zlib
 
@@ -31,3 +33,50 @@ def bad_image_files(tmp_path) -> dict:
     Image.new("RGB", (120, 90), (240, 240, 235)).save(files["blank"])
     files["bomb"].write_bytes(png_header_only(100_000, 100_000))
     return files
+
+
+# Digits as pen strokes in a unit box (x right, y down): PIL draws them into PNGs for the DrawPad's
+# unit tests, and the browser test draws the same strokes with the mouse on its canvas.
+
+
+def _arc(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, n: int = 24) -> list[tuple[float, float]]:
+    """Points of an elliptic arc; angles in degrees, 0 = up, clockwise on screen."""
+    return [(cx + rx * math.sin(math.radians(a0 + (a1 - a0) * i / n)),
+             cy - ry * math.cos(math.radians(a0 + (a1 - a0) * i / n))) for i in range(n + 1)]
+
+
+DIGIT_STROKES: dict[int, list[list[tuple[float, float]]]] = {
+    0: [_arc(0.5, 0.5, 0.3, 0.45, 0, 360)],
+    1: [[(0.42, 0.18), (0.56, 0.05), (0.53, 0.95)]],
+    2: [_arc(0.5, 0.3, 0.27, 0.25, -80, 120) + [(0.2, 0.95), (0.82, 0.95)]],
+    3: [_arc(0.48, 0.27, 0.25, 0.22, -80, 180), _arc(0.48, 0.72, 0.28, 0.23, 0, 240)],
+    4: [[(0.62, 0.95), (0.62, 0.05), (0.15, 0.68), (0.85, 0.68)]],
+    5: [[(0.78, 0.05), (0.32, 0.05), (0.28, 0.45)] + _arc(0.48, 0.67, 0.3, 0.28, -45, 220)],
+    6: [[(0.7, 0.05), (0.45, 0.3)] + _arc(0.5, 0.68, 0.27, 0.27, -110, 270)],
+    7: [[(0.2, 0.06), (0.8, 0.06), (0.42, 0.95)]],
+    8: [_arc(0.5, 0.27, 0.22, 0.22, 180, 540), _arc(0.5, 0.72, 0.27, 0.23, 0, 360)],
+    9: [_arc(0.48, 0.3, 0.26, 0.25, 90, 450) + [(0.72, 0.95)]],
+}
+
+
+def strokes_in_box(digit: int, box: tuple[float, float, float, float]) -> list[list[tuple[float, float]]]:
+    """DIGIT_STROKES[digit] mapped into box (x, y, width, height)."""
+    x, y, w, h = box
+    return [[(x + px * w, y + py * h) for px, py in stroke] for stroke in DIGIT_STROKES[digit]]
+
+
+def drawing_png(digit: int | None, size=(280, 280), box=(70, 40, 140, 200), width: int = 20,
+                ink=0, paper=255, mode: str = "L") -> bytes:
+    """PNG of `digit` drawn as strokes in box (x, y, w, h) of a canvas, round caps and joints, as a
+    drawing app makes it; digit None: the empty canvas."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new(mode, size, paper)
+    d = ImageDraw.Draw(im)
+    for pts in strokes_in_box(digit, box) if digit is not None else []:
+        d.line(pts, fill=ink, width=width, joint="curve")
+        for px, py in (pts[0], pts[-1]):
+            d.ellipse([px - width / 2, py - width / 2, px + width / 2, py + width / 2], fill=ink)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from browser_util import (chromium, chromium_missing_reason, copy_notebooks, jupyterlab, open_html,
-                          screenshot_figure, strokes_in_box)
+from browser_util import chromium, chromium_missing_reason, copy_notebooks, jupyterlab, open_html, screenshot_figure
+from helpers import strokes_in_box
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labkit import fastpath
+from labkit import device, fastpath
 from labkit.data import load_mnist
 from labkit.models import BaselineCNN
 
@@ -49,7 +49,7 @@ def test_kernel_builds_where_there_is_a_compiler():
 
 def test_level_vector_width(level):
     """The build's vector width follows the level: 4 floats SSE, 8 AVX2, 16 AVX-512 (native: what the CPU has)."""
-    flags = fastpath.cpu_flags()
+    flags = device.cpu_flags()
     native = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
     assert level.vector_width == WIDTH.get(level.level, native)
 

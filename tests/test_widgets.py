@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import labkit.predict
-from browser_util import drawing_png
+from helpers import drawing_png
 from labkit.config import CUSTOM_DIR, PACKAGE_DIR, PROJECT_ROOT, recipe
 from labkit.data import load_mnist
 from labkit.widgets import DrawPad, PredictPanel, TrainPanel, uploaded_files
