@@ -1,5 +1,7 @@
 // Fused 3x3 convolution (1 -> 16 channels, padding 1) and 2x2 max-pool on 28x28 images, with its
 // weight/bias gradient: BaselineCNN's first stage on CPU, without the (B, 16, 28, 28) map in memory.
+// Then its two linear layers (no activation between) through M = W2 W1, forward and backward, split
+// over the threads (MKL runs these 10-wide products on one thread).
 // The 16 channels are processed VW at a time, VW = the CPU's float vector width as the compiler
 // targets it (-march=...): 16 with AVX-512, 8 with AVX/AVX2, 4 with SSE or NEON. A 16-wide GCC
 // vector type without AVX-512 is lowered to memory round-trips (40x slower on AVX2, see
@@ -31,7 +33,7 @@ static int omp_get_num_threads(void) { return 1; }
 #endif
 
 // The loader checks these two before trusting the library.
-int convpool_abi_version(void) { return 2; }
+int convpool_abi_version(void) { return 3; }
 int convpool_vector_width(void) { return VW; }
 
 // Zero-padded copy of one image: xp[1 + i][1 + j] = x[i][j].
@@ -152,5 +154,105 @@ void convpool_backward(const float *x, const float *w, const float *bias, const 
     for (int c = 0; c < 16; c++) {
         for (int k = 0; k < 9; k++) dw[c * 9 + k] = sw[c / VW][k][c % VW];
         db[c] = sb[c / VW][c % VW];
+    }
+}
+
+// ---------------------------------------------------------------- fc2(fc1(h)) through M = W2 W1
+// h (B, K) has its columns in (H, W, C) order (the pooled map, channels last): q = p * 16 + c;
+// W1 (128, K) has them in (C, H, W) order: k = c * 196 + p. Every sum runs in a fixed order that
+// does not depend on the thread count.
+#define K (16 * NP)  // 3136 features
+#define NJ 128       // fc1's outputs
+#define NO 10        // logits
+#define NV (K / VW)  // vectors per row
+
+static inline int hwc_of_chw(int k) { return (k % NP) * 16 + k / NP; }
+
+static inline float hsum(vf v) {
+    float s = 0;
+    for (int l = 0; l < VW; l++) s += v[l];
+    return s;
+}
+
+static inline vf loadv(const float *p) {
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void storev(float *p, vf v) { memcpy(p, &v, sizeof v); }
+
+// m (10, K) = W2 W1 in h's (H, W, C) column order; logits (B, 10) = h m^T + c0.
+void chain_forward(const float *h, const float *w1, const float *w2, const float *c0, float *m, float *logits,
+                   int64_t B, int nthreads) {
+    #pragma omp parallel num_threads(nthreads)
+    {
+        #pragma omp for schedule(static)
+        for (int v = 0; v < NV; v++) {  // a vector of W1's columns at a time
+            vf acc[NO] = {{0}};
+            for (int j = 0; j < NJ; j++) {
+                const vf r = loadv(w1 + (int64_t)j * K + v * VW);
+                for (int o = 0; o < NO; o++) acc[o] += w2[o * NJ + j] * r;
+            }
+            for (int o = 0; o < NO; o++)
+                for (int l = 0; l < VW; l++) m[o * K + hwc_of_chw(v * VW + l)] = acc[o][l];
+        }  // (implicit barrier: m is complete)
+        #pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            const float *hb = h + b * K;
+            vf acc[NO] = {{0}};
+            for (int v = 0; v < NV; v++) {
+                const vf x = loadv(hb + v * VW);
+                for (int o = 0; o < NO; o++) acc[o] += x * loadv(m + o * K + v * VW);
+            }
+            for (int o = 0; o < NO; o++) logits[b * NO + o] = c0[o] + hsum(acc[o]);
+        }
+    }
+}
+
+// From g = dLoss/dlogits (B, 10): dh (B, K) = g m (h's column order); a (10, K) = g^T h in W1's
+// (C, H, W) order; dw1 (128, K) = W2^T a; dw2a (10, 128) = a W1^T (the caller adds gs b1^T).
+void chain_backward(const float *g, const float *h, const float *m, const float *w1, const float *w2, float *dh,
+                    float *a, float *dw1, float *dw2a, int64_t B, int nthreads) {
+    #pragma omp parallel num_threads(nthreads)
+    {
+        #pragma omp for schedule(static)
+        for (int v = 0; v < NV; v++) {  // a vector of h's columns: dh's, then a's, so few registers are live
+            vf mv[NO];
+            for (int o = 0; o < NO; o++) mv[o] = loadv(m + o * K + v * VW);
+            for (int64_t b = 0; b < B; b++) {
+                vf d = g[b * NO] * mv[0];
+                for (int o = 1; o < NO; o++) d += g[b * NO + o] * mv[o];
+                storev(dh + b * K + v * VW, d);
+            }
+            vf acc[NO] = {{0}};
+            for (int64_t b = 0; b < B; b++) {
+                const vf x = loadv(h + b * K + v * VW);
+                for (int o = 0; o < NO; o++) acc[o] += g[b * NO + o] * x;
+            }
+            for (int o = 0; o < NO; o++)
+                for (int l = 0; l < VW; l++) {
+                    const int q = v * VW + l;  // = p * 16 + c
+                    a[o * K + (q % 16) * NP + q / 16] = acc[o][l];
+                }
+        }  // (implicit barrier: a is complete)
+        #pragma omp for schedule(static)
+        for (int j = 0; j < NJ; j++) {  // a row of W1 at a time
+            const float *w1j = w1 + (int64_t)j * K;
+            float *dw1j = dw1 + (int64_t)j * K;
+            float w2j[NO];
+            for (int o = 0; o < NO; o++) w2j[o] = w2[o * NJ + j];
+            for (int v = 0; v < NV; v++) {
+                vf d = w2j[0] * loadv(a + v * VW);
+                for (int o = 1; o < NO; o++) d += w2j[o] * loadv(a + o * K + v * VW);
+                storev(dw1j + v * VW, d);
+            }
+            vf acc[NO] = {{0}};
+            for (int v = 0; v < NV; v++) {
+                const vf r = loadv(w1j + v * VW);
+                for (int o = 0; o < NO; o++) acc[o] += r * loadv(a + o * K + v * VW);
+            }
+            for (int o = 0; o < NO; o++) dw2a[o * NJ + j] = hsum(acc[o]);
+        }
     }
 }

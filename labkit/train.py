@@ -97,8 +97,9 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
     model = build_model(cfg.model).to(device)
     precision = resolve_precision(cfg.precision, device, cfg.model)
     amp = precision == "bf16"
-    # oneDNN's bf16 convolutions want NHWC: ~3x faster than fp32 NCHW on an AMX CPU, slower without
-    channels_last = amp and device.type == "cpu"
+    # oneDNN's convolutions want NHWC on CPU: in bf16 ~3x faster than fp32 NCHW on an AMX CPU; the
+    # improved model's max-pool and BatchNorm are faster in NHWC in fp32 too (benchmarks/NOTES.md)
+    channels_last = device.type == "cpu" and (amp or getattr(model, "channels_last", False))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = _sgd(model, cfg)

@@ -249,12 +249,16 @@ def test_any_kernel_failure_falls_back_with_one_warning(compiler, tmp_path):
         if not HAS_CC:
             pytest.skip("no C compiler")
         fake = tmp_path / "fake.c"
-        fake.write_text("int convpool_abi_version(void) { return 2; }\n" if compiler == "no-symbols" else
-                        "#include <stdint.h>\nint convpool_abi_version(void) { return 2; }\n"
-                        "int convpool_vector_width(void) { return 4; }\n"
+        abi = f"int convpool_abi_version(void) {{ return {fastpath.ABI_VERSION}; }}\n"
+        fake.write_text(abi if compiler == "no-symbols" else
+                        "#include <stdint.h>\n" + abi + "int convpool_vector_width(void) { return 4; }\n"
                         "void convpool_forward(const float *x, const float *w, const float *b, float *o, int64_t n, int t) {}\n"
                         "void convpool_backward(const float *x, const float *w, const float *b, const float *g, float *dw,"
-                        " float *db, int64_t n, int t) {}\n")
+                        " float *db, int64_t n, int t) {}\n"
+                        "void chain_forward(const float *h, const float *w1, const float *w2, const float *c, float *m,"
+                        " float *o, int64_t n, int t) {}\n"
+                        "void chain_backward(const float *g, const float *h, const float *m, const float *w1, const float *w2,"
+                        " float *dh, float *a, float *dw1, float *dw2, int64_t n, int t) {}\n")
         cc = tmp_path / "cc"  # a 'compiler' that builds fake.c in place of convpool.c
         cc.write_text(f'#!/bin/sh\nargs=""\nfor a in "$@"; do case "$a" in *convpool.c) a="{fake}";; esac; '
                       f'args="$args $a"; done\nexec {os.environ.get("CC") or "cc"} $args\n')
