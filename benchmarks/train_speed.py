@@ -1,6 +1,7 @@
 """Seconds per epoch: the report's training loop vs labkit's, per CPU level, measured side by side.
 
     python benchmarks/train_speed.py [--rounds 10] [--no-improved] [--levels all|native|x86-64-v3,...] [--profile]
+                                     [--torch-isa avx2]
 
 Each contender trains in its own worker process (so peak memory is its own, and the report's
 process never imports labkit.train, whose flush-to-zero setting would speed it up). labkit's
@@ -9,8 +10,11 @@ baseline runs once per CPU level this host can run (LABKIT_CPU_LEVEL = x86-64-v2
 kernel (LABKIT_NO_KERNEL: torch's ops; slower than the report's loop would be a bug). The workers
 take turns, one epoch at a time, never overlapping: round r times epoch r of each, so all are at
 the same point of training. Prints the CPU, seconds per epoch (median and spread), each ratio to
-the report's loop, samples per second and peak RSS. With a GPU it also times the report's full
-protocol (10 runs x 50 epochs). See benchmarks/NOTES.md for what was tried and what each thing gave.
+the report's loop, samples per second and peak RSS, and what the improved model's full recipe
+(its epochs with their evaluations) costs in epochs of the report's loop (target <= 20).
+--torch-isa avx2 also caps torch's own kernels (ATen, oneDNN, MKL) at AVX2 in every worker, the
+report's loop included, so an AVX-512 host times what an AVX2 CPU with its cores would run. With a
+GPU it also times the report's full protocol (10 runs x 50 epochs). See benchmarks/NOTES.md for what was tried and what each thing gave.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # tests/reference: the report's loop
 
 N_TRAIN = 60_000
+# Environment that caps torch's own CPU kernels at an ISA: ATen's dispatch, oneDNN's convolutions, MKL's GEMMs.
+TORCH_ISA_CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
 
 
 def _peak_mb() -> float:
@@ -72,11 +78,15 @@ def worker(kind: str, rounds: int) -> None:
     k = fastpath.kernel()  # compile (or load) the conv-pool kernel before the clock starts
     _send({"ready": True, "kernel": repr(k) if k else f"none ({fastpath.kernel_error() or 'off'})"})
 
+    waited = [0.0]  # seconds spent waiting for the other contenders, left out of the run's wall time
+
     def on_epoch(result, row):
-        _send({"seconds": row["seconds"], "peak_mb": _peak_mb(), "train_acc": row["train_acc"],
-               "test_acc": row["test_acc"], "precision": result["precision"]})
+        _send({"seconds": row["seconds"], "wall": result["wall_seconds"] - waited[0], "peak_mb": _peak_mb(),
+               "train_acc": row["train_acc"], "test_acc": row["test_acc"], "precision": result["precision"]})
         if row["epoch"] < rounds:
+            t0 = time.perf_counter()
             _wait_go()
+            waited[0] += time.perf_counter() - t0
 
     _wait_go()
     train_run(cfg, on_epoch=on_epoch)
@@ -198,11 +208,15 @@ def main() -> None:
                     "this CPU runs), or a comma-separated list of x86-64-v2, x86-64-v3, x86-64-v4, native")
     ap.add_argument("--no-fallback", action="store_true", help="skip the torch-ops fallback (no kernel)")
     ap.add_argument("--profile", action="store_true", help="also print a per-op profile of one step")
+    ap.add_argument("--torch-isa", choices=sorted(TORCH_ISA_CAPS), help="cap torch's own kernels at this ISA in every "
+                    "worker (the report's loop too): an AVX-512 host then runs what an AVX2 CPU runs")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker, args.rounds)
 
+    if args.torch_isa:  # before torch is imported here, so the header shows the capped capability too
+        os.environ.update(TORCH_ISA_CAPS[args.torch_isa])
     import torch
 
     from labkit import device, fastpath
@@ -221,6 +235,9 @@ def main() -> None:
     print(f"labkit's default level here: {fastpath.cpu_level()} (LABKIT_CPU_LEVEL={native}); torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, torch's own CPU capability {torch.backends.cpu.get_cpu_capability()}; "
           f"started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    if args.torch_isa:
+        print(f"torch's kernels capped at {args.torch_isa.upper()} in every worker ({', '.join(f'{k}={v}' for k, v in TORCH_ISA_CAPS[args.torch_isa].items())}): "
+              "this CPU's cores, caches and clock with an AVX2 CPU's instructions")
     workers = {}
     try:
         for k, env in contenders.items():
@@ -256,6 +273,16 @@ def main() -> None:
             kern = workers[k].hello.get("kernel", "")
             print(f"speed-up of {k} over the report's loop: median {statistics.median(ratios):.2f}x "
                   f"(per round: {', '.join(f'{x:.2f}' for x in ratios)}); {target}; kernel {kern}")
+    if "improved" in results:
+        from labkit.config import recipe
+
+        rows = results["improved"]  # wall: this run's training, evaluation and checkpoints so far
+        walls = [b["wall"] - a["wall"] for a, b in zip([{"wall": 0.0}] + rows, rows)]
+        epochs = recipe("improved").epochs
+        cost = epochs * statistics.median(walls)
+        print(f"improved model's full recipe ({epochs} epochs, each with its test evaluation, "
+              f"{results['improved'][-1].get('precision', '?')}): ~{cost:.0f} s = "
+              f"{cost / med['report']:.1f} epochs of the report's loop; target <= 20")
     best = min((k for k in contenders if k.startswith("labkit") and "no kernel" not in k), key=med.get, default=None)
     if best:
         print(f"report protocol (10 runs x 50 epochs), training passes only: {best} ~{med[best] * 500 / 60:.1f} min, "

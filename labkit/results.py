@@ -21,7 +21,7 @@ from .stats import per_class_accuracy, summarize
 RUNS_DIR = DATA_DIR / "runs"
 MANIFEST = RUNS_DIR / "SHA256SUMS"
 RESULTS = RUNS_DIR / "results.json"
-SHIPPED = {"baseline": "baseline-e50", "improved": "improved-e8-fp32"}  # model -> its shipped protocol
+SHIPPED = {"baseline": "baseline-e50", "improved": "improved-e5-fp32"}  # model -> its shipped protocol
 PROBS = "test_probabilities.npz"  # (runs, 10000, 10) float32 softmax of each run's final model
 
 
@@ -59,7 +59,7 @@ def verify(name: str | None = None) -> list[str]:
 
 
 def protocols() -> list[str]:
-    """Names of the shipped protocols, e.g. ['baseline-e50', 'improved-e8']."""
+    """Names of the shipped protocols, e.g. ['baseline-e50', 'improved-e5-fp32']."""
     return sorted({rel.split("/", 1)[0] for rel in manifest()})
 
 

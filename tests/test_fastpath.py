@@ -150,6 +150,26 @@ def test_linear_chain_matches_two_linear_layers():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
 
 
+@pytest.mark.parametrize("batch", [128, 5])
+def test_compiled_chain_matches_two_linear_layers(level, batch):
+    """The chain in C (h in (H, W, C) order, split over the threads) against nn.Linear's autograd on h in (C, H, W) order."""
+    torch.manual_seed(batch)
+    fc1, fc2 = torch.nn.Linear(3136, 128), torch.nn.Linear(128, 10)
+    h_chw = torch.randn(batch, 3136, requires_grad=True)
+    h_hwc = fastpath._to_hwc(h_chw.detach()).requires_grad_()
+    g = torch.randn(batch, 10)
+    params = [fc1.weight, fc1.bias, fc2.weight, fc2.bias]
+    ref = fc2(fc1(h_chw))
+    ref_grads = torch.autograd.grad(ref, [h_chw, *params], g)
+    assert fastpath._chain_kernel(h_hwc, fc1.weight, fc2.weight, True) is level  # the C path is the one tested
+    out = fastpath.linear_chain(h_hwc, *params, channels_last=True)
+    grads = torch.autograd.grad(out, [h_hwc, *params], g)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grads[0], fastpath._to_hwc(ref_grads[0]), rtol=1e-4, atol=1e-5 * ref_grads[0].abs().max().item())
+    for a, b in zip(grads[1:], ref_grads[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
 def test_cpu_level_unknown_or_unsupported_warns_and_uses_native(monkeypatch):
     monkeypatch.setenv("LABKIT_CPU_LEVEL", "pentium-4")
     with pytest.warns(RuntimeWarning, match="pentium-4"):
