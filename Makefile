@@ -23,8 +23,9 @@ test: install
 report: install
 	$(VENV)/bin/labkit run-notebooks -f $(PARAMS)
 
+# e.g. make benchmark BENCH_ARGS="--rounds 4 --levels x86-64-v3 --torch-isa avx2" (an AVX2 CPU's view)
 benchmark: install
-	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/train_speed.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs/notebooks-* outputs/train-*
