@@ -1,4 +1,4 @@
-"""BaselineCNN's fast path: conv + max-pool as one op (torch.ops.labkit.conv_pool, a C kernel compiled on first use), fc1 and fc2 through W2 @ W1.
+"""BaselineCNN's fast path: conv + max-pool as one op (torch.ops.labkit.conv_pool, a C kernel compiled on first use), fc1 and fc2 through W2 @ W1 (in the same C library, over all threads).
 
 The kernel (convpool.c) is built per CPU level: LABKIT_CPU_LEVEL = x86-64-v2 | x86-64-v3 |
 x86-64-v4 | native (default native), so one machine can run what an SSE4, AVX2 or AVX-512 CPU
