@@ -167,6 +167,7 @@ void convpool_backward(const float *x, const float *w, const float *bias, const 
 #define NV (K / VW)  // vectors per row
 
 static inline int hwc_of_chw(int k) { return (k % NP) * 16 + k / NP; }
+static inline int chw_of_hwc(int q) { return (q % 16) * NP + q / 16; }
 
 static inline float hsum(vf v) {
     float s = 0;
@@ -231,10 +232,7 @@ void chain_backward(const float *g, const float *h, const float *m, const float 
                 for (int o = 0; o < NO; o++) acc[o] += g[b * NO + o] * x;
             }
             for (int o = 0; o < NO; o++)
-                for (int l = 0; l < VW; l++) {
-                    const int q = v * VW + l;  // = p * 16 + c
-                    a[o * K + (q % 16) * NP + q / 16] = acc[o][l];
-                }
+                for (int l = 0; l < VW; l++) a[o * K + chw_of_hwc(v * VW + l)] = acc[o][l];
         }  // (implicit barrier: a is complete)
         #pragma omp for schedule(static)
         for (int j = 0; j < NJ; j++) {  // a row of W1 at a time
