@@ -5,15 +5,12 @@ These timings used to be limits inside tests/test_preprocess.py (< 0.05 s typica
 on a shared machine they belong here, printed, not asserted.
 """
 import io
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_preprocess import page  # noqa: E402  the same synthetic photo the tests use
+from labkit.synth import page_with_digit as page  # the same synthetic photo the tests use
 
 from labkit.data import load_mnist  # noqa: E402
 from labkit.preprocess import mnist_preprocess  # noqa: E402

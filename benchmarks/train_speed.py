@@ -30,8 +30,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # tests/reference: the report's loop
 
 N_TRAIN = 60_000
 # Environment that caps torch's own CPU kernels at an ISA: ATen's dispatch, oneDNN's convolutions, MKL's GEMMs.
@@ -58,7 +56,7 @@ def worker(kind: str, rounds: int) -> None:
     import torch
 
     if kind == "report":
-        from reference import report_loop as R
+        from labkit import reference as R
 
         state = R.setup(R.prepare_mnist_dir())
         _send({"ready": True})

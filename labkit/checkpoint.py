@@ -30,9 +30,20 @@ def save_checkpoint(path, model, cfg, result: dict) -> None:
     atomic_write(path, lambda p: torch.save(payload, p))
 
 
+def read(path, device="cpu") -> dict:
+    """The checkpoint dict of a file save_checkpoint wrote; CheckpointError in one line otherwise."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot be read ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a labkit checkpoint")
+    return ckpt
+
+
 def load_checkpoint(path, device="cpu"):
     """(model in eval mode, checkpoint dict) from a file save_checkpoint wrote."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = read(path, device)
     name = ckpt["model"]
     if name in OLD_MODEL_NAMES:
         warnings.warn(f"{Path(path).name}: written when the {OLD_MODEL_NAMES[name]!r} model was called {name!r}; "

@@ -2,15 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import sys
 from pathlib import Path
 
-from .config import DEVICES, MODEL_NAMES, N_TRAIN, OUTPUTS_DIR, PRECISIONS, PREPROCESSING, REPORT_TABLE, ConfigError, recipe
-
-
-def _stamp() -> str:
-    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+from .config import (DEVICES, MAX_SEED, MODEL_NAMES, N_TRAIN, PRECISIONS, PREPROCESSING, REPORT_TABLE,
+                     ConfigError, recipe)
 
 
 def int_in(lo: int, hi: int | None = None):
@@ -44,24 +40,27 @@ def _fail(command: str, message) -> int:
 def cmd_train(args) -> int:
     from .data import DataError
     from .device import DeviceError, resolve_device
+    from .records import WriteError
+    from .runfolder import RunFolder, RunFolderError, fresh_dir
     from .stats import format_table
-    from .train import RunsFolderError, check_out_dir, train_runs
+    from .train import train_runs
 
     try:
         cfg = recipe(args.model, epochs=args.epochs, seed=args.seed, limit_train=args.limit_train,
                      device=args.device, precision=args.precision, lr=args.lr, batch_size=args.batch_size,
                      momentum=args.momentum, weight_decay=args.weight_decay)
         resolve_device(cfg.device)
-        out = check_out_dir(args.out) if args.out else OUTPUTS_DIR / f"train-{args.model}-{_stamp()}"
-    except (ConfigError, DeviceError, RunsFolderError) as e:
+    except (ConfigError, DeviceError) as e:
         return _fail("train", e)
+    out = Path(args.out) if args.out else fresh_dir(f"train-{args.model}")
     print(f"training {args.runs} run(s) of {args.model!r}: {cfg}", flush=True)
     try:
-        metrics = train_runs(cfg, args.runs, out_dir=out, resume=not args.no_resume)
-    except (DataError, RunsFolderError) as e:
+        metrics = train_runs(cfg, args.runs, out_dir=out, resume=not args.no_resume, wait=args.wait,
+                             move_aside=args.move_aside)
+    except (DataError, RunFolderError, WriteError) as e:
         return _fail("train", e)
     print(format_table(metrics, REPORT_TABLE if args.model == "baseline" else None))
-    print(f"metrics: {out / 'metrics.json'}")
+    print(f"metrics: {RunFolder(out).metrics_path}")
     return 0
 
 
@@ -74,7 +73,9 @@ def cmd_predict(args) -> int:
 def cmd_run_notebooks(args) -> int:
     from .notebooks_runner import ParamsError, run_notebooks
 
-    out = Path(args.out) if args.out else OUTPUTS_DIR / f"notebooks-{_stamp()}"
+    from .runfolder import fresh_dir
+
+    out = Path(args.out) if args.out else fresh_dir("notebooks")
     try:
         return run_notebooks(params_file=args.file, out_dir=out, only=args.only)
     except ParamsError as e:
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", required=True, choices=MODEL_NAMES, help="baseline: the report's network")
     t.add_argument("--epochs", type=int_in(1), help="default: the model's full recipe (baseline: 50)")
     t.add_argument("--runs", type=int_in(1), default=1, help="independent runs, seeds S, S+1, ... (default 1)")
-    t.add_argument("--seed", type=int, help="random seed of the first run (default: the recipe's, 1)")
+    t.add_argument("--seed", type=int_in(0, MAX_SEED), help="random seed of the first run (default: the recipe's, 1)")
     t.add_argument("--limit-train", type=int_in(1, N_TRAIN), help=f"train on the first N (1..{N_TRAIN}) training images only")
     t.add_argument("--lr", type=_positive_float, help="peak learning rate (default: the recipe's)")
     t.add_argument("--batch-size", type=int_in(1), help="default: the recipe's, 128")
@@ -98,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="output folder (default outputs/train-MODEL-TIMESTAMP)")
     t.add_argument("--device", default="auto", choices=DEVICES)
     t.add_argument("--precision", choices=PRECISIONS, help="training arithmetic (default: the recipe's; evaluation is always fp32)")
-    t.add_argument("--no-resume", action="store_true", help="retrain runs already finished in --out")
+    t.add_argument("--no-resume", action="store_true",
+                   help="retrain runs already finished in --out (they move to --out/replaced-TIMESTAMP/)")
+    t.add_argument("--move-aside", action="store_true",
+                   help="with --no-resume: also move aside runs of another config found in --out")
+    t.add_argument("--wait", action="store_true", help="wait for another process writing --out instead of stopping")
     t.set_defaults(func=cmd_train)
 
     pr = sub.add_parser("predict", help="predict the digit in image files")
@@ -114,14 +119,103 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", nargs="*", help="notebook names to run (default: all, in order)")
     r.set_defaults(func=cmd_run_notebooks)
 
-    from . import sweep  # imports Ray only when a sweep runs
+    _add_sweep(sub)
 
-    sweep.register(sub)
+    sh = sub.add_parser("ship", help="ship a finished `labkit train --runs N --out SRC` folder into data/runs/NAME")
+    sh.add_argument("src", help="the run folder")
+    sh.add_argument("name", help="the protocol's name in data/runs/ (e.g. baseline-e50-fp32)")
+    sh.set_defaults(func=cmd_ship)
+
+    rd = sub.add_parser("readme", help="rewrite the README's results table from data/runs/results.json")
+    rd.set_defaults(func=cmd_readme)
     return p
+
+
+def cmd_ship(args) -> int:
+    from .records import MetricsError
+    from .results import ResultsError, ship
+
+    try:
+        print(ship(args.src, args.name))
+    except (ResultsError, MetricsError) as e:
+        return _fail("ship", e)
+    return 0
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+_BEGIN, _END = "<!-- results table: labkit readme -->", "<!-- end of results table -->"
+
+
+def cmd_readme(args) -> int:
+    """Replace the README's results table with one made from results.json."""
+    from .results import readme_table
+
+    text = README.read_text(encoding="utf-8")
+    if _BEGIN not in text or _END not in text:
+        return _fail("readme", f"{README}: no results table markers ({_BEGIN} ... {_END})")
+    start, end = text.index(_BEGIN), text.index(_END) + len(_END)
+    README.write_text(text[:start] + "\n".join([_BEGIN, readme_table(), _END]) + text[end:], encoding="utf-8")
+    print(f"rewrote the results table in {README.name}")
+    return 0
+
+
+def _add_sweep(subparsers) -> None:
+    """`labkit sweep` (Ray is imported only when a sweep runs)."""
+    from .sweep import DEFAULT_CPUS_PER_TRIAL, DEFAULT_GPUS_PER_TRIAL
+
+    s = subparsers.add_parser("sweep", help="train a grid of configs x seeds on Ray Tune and write sweep.json")
+    s.add_argument("--model", required=True, choices=MODEL_NAMES, help="the recipe the grid varies")
+    s.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
+                   help="a TrainConfig field and its values, e.g. lr=1e-5,1e-4,1e-3; repeat for a product of fields")
+    s.add_argument("--seeds", default="1", help="random seeds of each grid point, e.g. 1-3 or 1,5,9 (default 1)")
+    s.add_argument("--epochs", type=int_in(1), help="default: the model's recipe (baseline: 50)")
+    s.add_argument("--limit-train", type=int_in(1, N_TRAIN), help="train on the first N training images only")
+    s.add_argument("--out", help="output folder (default outputs/sweeps/MODEL-TIMESTAMP-PID); the same --out resumes")
+    s.add_argument("--address", help="HOST:PORT of a running Ray cluster (default: a Ray instance on this machine)")
+    s.add_argument("--cpus-per-trial", type=int_in(1),
+                   help=f"CPUs and torch threads per trial (default {DEFAULT_CPUS_PER_TRIAL}, the fastest measured here)")
+    s.add_argument("--gpus-per-trial", type=float,
+                   help=f"GPUs per trial; fractions share a GPU (default {DEFAULT_GPUS_PER_TRIAL} where the cluster has GPUs)")
+    s.add_argument("--max-failures", type=int_in(0), default=2, help="retries of a failed trial (default 2)")
+    s.add_argument("--device", choices=DEVICES, help="default auto: the trial's GPU when it has one")
+    s.add_argument("--precision", choices=PRECISIONS, help="default: the recipe's")
+    s.add_argument("--no-resume", action="store_true", help="retrain trials already finished in --out")
+    s.add_argument("--wait", action="store_true", help="wait for another sweep writing --out instead of stopping")
+    s.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    """`labkit sweep`: 0 when every trial finished, 1 when some failed, 2 for bad arguments, 130 when stopped."""
+    from .data import DataError
+    from .records import WriteError
+    from .sweep import SweepError, run
+
+    try:
+        sweep = run(args.model, args.grid, args.seeds, epochs=args.epochs, limit_train=args.limit_train,
+                    out_dir=args.out, address=args.address, cpus_per_trial=args.cpus_per_trial,
+                    gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures,
+                    resume=not args.no_resume, device=args.device, precision=args.precision, wait=args.wait)
+    except (SweepError, DataError, WriteError) as e:
+        return _fail("sweep", e)
+    except KeyboardInterrupt as e:
+        print(f"labkit sweep: {e or 'interrupted; finished trials stay on disk, the same command resumes'}",
+              file=sys.stderr)
+        return 130
+    if sweep["failed"]:
+        print(f"labkit sweep: {len(sweep['failed'])} trial(s) failed after {args.max_failures} retries: "
+              f"{', '.join(sweep['failed'])}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from .config import ProjectNotFound, require_project
+
+    try:
+        require_project()
+    except ProjectNotFound as e:
+        return _fail(args.command, e)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -2,11 +2,32 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = PACKAGE_DIR.parent
+ROOT_ENV = "LABKIT_ROOT"  # the checkout to use when labkit is installed elsewhere (pip install ., a wheel)
+
+
+def _is_checkout(folder: Path) -> bool:
+    return (folder / "data" / "mnist").is_dir() and (folder / "notebooks").is_dir()
+
+
+def _find_root() -> Path | None:
+    """The labkit checkout: $LABKIT_ROOT, else the package's parent (an editable install), else the current
+    folder or one above it; None when none of them is a checkout."""
+    if os.environ.get(ROOT_ENV):
+        root = Path(os.environ[ROOT_ENV]).expanduser().resolve()
+        return root if _is_checkout(root) else None
+    for folder in (PACKAGE_DIR.parent, *(lambda c: (c, *c.parents))(Path.cwd().resolve())):
+        if _is_checkout(folder):
+            return folder
+    return None
+
+
+_ROOT = _find_root()
+PROJECT_ROOT = _ROOT if _ROOT is not None else PACKAGE_DIR.parent
 DATA_DIR = PROJECT_ROOT / "data"
 MNIST_DIR = DATA_DIR / "mnist"
 OUTPUTS_DIR = PROJECT_ROOT / "outputs"
@@ -15,6 +36,20 @@ PARAMS_DIR = PROJECT_ROOT / "params"
 CUSTOM_DIR = DATA_DIR / "custom"  # the synthetic custom digit set (notebook 04)
 WEIGHTS_DIR = DATA_DIR / "weights"  # shipped, trained checkpoints with their provenance
 DEFAULT_CHECKPOINT = WEIGHTS_DIR / "improved.pt"  # the model predict/widgets use by default
+
+class ProjectNotFound(RuntimeError):
+    """labkit runs outside its checkout: no data/mnist, notebooks or params to use."""
+
+
+def require_project() -> Path:
+    """The checkout's root; ProjectNotFound in one line saying what to do when there is none."""
+    if _ROOT is None:
+        where = f"{ROOT_ENV}={os.environ[ROOT_ENV]} is not" if os.environ.get(ROOT_ENV) else \
+            f"neither {PACKAGE_DIR.parent} nor the current folder is"
+        raise ProjectNotFound(f"{where} a labkit checkout (data/mnist/, notebooks/): install with "
+                              f"`pip install -e .` inside the checkout, or set {ROOT_ENV}=/path/to/the/checkout")
+    return _ROOT
+
 
 def display_path(path) -> str:
     """A path relative to the project when it lies inside it (no machine paths in outputs)."""
@@ -38,6 +73,8 @@ PRECISIONS = ("fp32", "bf16", "auto")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("constant", "onecycle")
 N_TRAIN = 60_000  # MNIST training images
+AUGMENT_SEED_OFFSET = 1_000_003  # the augmentation generator's seed is the run's seed + this
+MAX_SEED = 2**63 - 1 - AUGMENT_SEED_OFFSET  # torch seeds are 64-bit; the augmentation seed must fit too
 PREPROCESSING = ("mnist", "report")  # how a picture becomes a 28x28: MNIST-style (default) or the report's readImage
 OLD_MODEL_NAMES = {"seed": "baseline"}  # model names in files written before the rename
 

@@ -171,14 +171,14 @@ def plot_confusion(cm: np.ndarray, title: str = "confusion matrix"):
     return fig
 
 
-def per_class_accuracy(y_true, probs_by_model: dict):
+def per_digit_bars(y_true, probs_by_model: dict):
     """Test accuracy per digit for each model: mean over runs, with the spread of runs as error bars."""
     y = np.asarray(y_true)
     fig, ax = plt.subplots(figsize=(10, 3.6))
     width = 0.8 / len(probs_by_model)
     rows = {}
     for k, (name, probs) in enumerate(probs_by_model.items()):  # probs: (runs, N, 10)
-        acc = stats.per_class_accuracy(probs, y)  # (runs, 10)
+        acc = stats.per_digit_accuracy(probs, y)  # (runs, 10)
         rows[name] = acc
         err = acc.std(0, ddof=1) if len(acc) > 1 else None
         ax.bar(np.arange(10) + (k - (len(probs_by_model) - 1) / 2) * width, acc.mean(0), width, yerr=err, capsize=2,
@@ -270,3 +270,35 @@ def accuracy_by_group(groups, correct) -> dict:
         n, k = out.get(g, (0, 0))
         out[g] = (n + 1, k + int(bool(c)))
     return {g: k / n for g, (n, k) in out.items()}
+
+
+def sweep_accuracy(sweep: dict, field: str = "lr", mark=None, title: str = ""):
+    """A sweep's final accuracy against one numeric grid field (log x): each seed a dot, the mean a line,
+    ±1 std (n-1) a band; diverged trials as red crosses on the floor."""
+    xs = sweep["grid"][field]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    at = lambda x: [t for t in sweep["trials"] if t["config"][field] == x]
+    for split, color in (("train", "tab:blue"), ("test", "tab:orange")):
+        per_x = [[t["epochs"][-1][f"{split}_acc"] for t in at(x) if not t.get("diverged")] for x in xs]
+        mean = np.array([np.mean(v) if v else np.nan for v in per_x])
+        std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in per_x])
+        ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.25, linewidth=0)
+        ax.plot(xs, mean, "-o", color=color, label=f"{split} accuracy, mean of seeds (band: ±1 std)")
+        for x, v in zip(xs, per_x):
+            ax.plot([x] * len(v), v, ".", color=color, alpha=0.6, markersize=5)
+    diverged = [x for x in xs for t in at(x) if t.get("diverged")]
+    if diverged:
+        ax.plot(diverged, [0.01] * len(diverged), "x", color="tab:red", markersize=8,
+                label=f"diverged (loss not finite): {len(diverged)} trial(s)")
+    if mark is not None:
+        ax.axvline(mark, color="gray", linestyle="--", linewidth=1, label=f"{field} = {mark:g} (the report's choice)")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{'learning rate' if field == 'lr' else field} (log scale)")
+    ax.set_ylabel("final-epoch accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(title or f"{sweep['model']}: {len(sweep['seeds'])} seed(s) per {field}, "
+                          f"{sweep['base_config'].get('epochs', 'several')} epoch(s)")
+    fig.tight_layout()
+    return fig

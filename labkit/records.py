@@ -18,6 +18,10 @@ from .device import device_name
 CSV_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "seconds")
 
 
+class WriteError(OSError):
+    """A file could not be written (no space, read-only, no permission); the message is one line."""
+
+
 class MetricsError(ValueError):
     """A metrics.json that cannot be read or does not have the shape labkit writes."""
 

@@ -1,27 +1,26 @@
 """The shipped results: each protocol's runs (metrics.json, epochs.csv, test-set probabilities) in
 data/runs/<name>/, a SHA-256 manifest, and results.json, the one place the headline figures live.
 
-    python -m labkit.results ship SRC NAME   # ship a folder `labkit train --runs 10 --out SRC` wrote, as NAME
-    python -m labkit.results readme          # rewrite the README's results table from results.json
+`labkit ship SRC NAME` ships a folder `labkit train --runs 10 --out SRC` wrote; `labkit readme`
+rewrites the README's results table from results.json.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from .config import DATA_DIR, REPORT_TABLE
-from .records import atomic_write, load_metrics, save_json
-from .stats import per_class_accuracy, summarize
+from .config import REPORT_TABLE
+from .records import atomic_write, save_json
+from .runfolder import EPOCHS_CSV, METRICS, SHIPPED_DIR, RunFolder
+from .stats import per_digit_accuracy, summarize
 
-RUNS_DIR = DATA_DIR / "runs"
+RUNS_DIR = SHIPPED_DIR
 MANIFEST = RUNS_DIR / "SHA256SUMS"
 RESULTS = RUNS_DIR / "results.json"
-SHIPPED = {"baseline": "baseline-e50", "improved": "improved-e5-fp32"}  # model -> its shipped protocol
+SHIPPED = {"baseline": "baseline-e50-fp32", "improved": "improved-e5-fp32"}  # model -> its shipped ten-run protocol
 PROBS = "test_probabilities.npz"  # (runs, 10000, 10) float32 softmax of each run's final model
 
 
@@ -59,14 +58,14 @@ def verify(name: str | None = None) -> list[str]:
 
 
 def protocols() -> list[str]:
-    """Names of the shipped protocols, e.g. ['baseline-e50', 'improved-e5-fp32']."""
+    """Names of the shipped protocols, e.g. ['baseline-e50-fp32', 'improved-e5-fp32']."""
     return sorted({rel.split("/", 1)[0] for rel in manifest()})
 
 
 def load(name: str) -> dict:
     """{"metrics": metrics.json, "probs": (runs, 10000, 10) float64} of a shipped protocol, verified."""
     verify(name)
-    metrics = load_metrics(RUNS_DIR / name / "metrics.json")
+    metrics = RunFolder(RUNS_DIR / name).metrics()
     probs = np.load(RUNS_DIR / name / PROBS)["probs"].astype(np.float64)
     return {"metrics": metrics, "probs": probs}
 
@@ -77,14 +76,14 @@ def headline(name: str, y_test) -> dict:
     m, probs = shipped["metrics"], shipped["probs"]
     y = np.asarray(y_test)
     single = (probs.argmax(2) == y).mean(1)  # (runs,)
-    per_class = per_class_accuracy(probs, y)  # (runs, 10)
+    per_digit = per_digit_accuracy(probs, y)  # (runs, 10)
     stats = summarize(m)
     return {
         "model": m["config"]["model"], "runs": len(m["runs"]), "epochs": m["config"]["epochs"],
         "precision": sorted({r.get("precision", "fp32") for r in m["runs"]}),
         "train": stats["train"], "test": stats["test"],
         "ensemble_test_acc": float((probs.mean(0).argmax(1) == y).mean()),
-        "per_class_test_acc": [float(v) for v in per_class.mean(0)],
+        "per_class_test_acc": [float(v) for v in per_digit.mean(0)],
         "test_acc_from_probabilities": [float(v) for v in single],
         "wall_minutes": round(sum(r.get("wall_seconds", 0.0) for r in m["runs"]) / 60, 1),
         "git_commit": m["provenance"]["git_commit"], "device_name": m["provenance"]["device_name"],
@@ -115,7 +114,9 @@ def write_results() -> dict:
 
 def read_results() -> dict:
     """results.json as committed."""
-    return json.loads(RESULTS.read_text())
+    from .safeio import read_json
+
+    return read_json(RESULTS, what="results.json")
 
 
 def ship(src, name: str) -> Path:
@@ -126,20 +127,20 @@ def ship(src, name: str) -> Path:
     from .checkpoint import load_checkpoint, predict_proba
     from .data import mnist_tensors
 
-    src, dst = Path(src), RUNS_DIR / name
-    metrics = load_metrics(src / "metrics.json")
+    src, dst = RunFolder(src), RUNS_DIR / name
+    metrics = src.metrics()
     unfinished = [r["seed"] for r in metrics["runs"] if len(r["epochs"]) != metrics["config"]["epochs"]]
     if unfinished or len(metrics["runs"]) != metrics.get("runs_requested", len(metrics["runs"])):
-        raise ResultsError(f"{src}: not finished (seeds {unfinished} cut short, or fewer runs than requested)")
+        raise ResultsError(f"{src.path}: not finished (seeds {unfinished} cut short, or fewer runs than requested)")
     dst.mkdir(parents=True, exist_ok=True)
-    for f in ("metrics.json", "epochs.csv"):
-        shutil.copyfile(src / f, dst / f)
+    for f in (METRICS, EPOCHS_CSV):
+        shutil.copyfile(src.path / f, dst / f)
     x_test = mnist_tensors(limit_train=1)["x_test"]
     probs = []
     for r in metrics["runs"]:
-        model, ckpt = load_checkpoint(src / f"run-seed{r['seed']}.pt")
+        model, ckpt = load_checkpoint(src.checkpoint(r["seed"]))
         if ckpt["metrics"]["epochs"] != r["epochs"]:
-            raise ResultsError(f"{src}: run-seed{r['seed']}.pt is not the run metrics.json records")
+            raise ResultsError(f"{src.checkpoint(r['seed'])} is not the run metrics.json records")
         with torch.no_grad():
             probs.append(predict_proba(model, x_test, bool(ckpt["config"]["normalize"])).numpy().astype(np.float32))
     atomic_write(dst / PROBS, lambda p: np.savez_compressed(open(p, "wb"), probs=np.stack(probs)))
@@ -148,10 +149,6 @@ def ship(src, name: str) -> Path:
     atomic_write(MANIFEST, lambda p: Path(p).write_text("".join(f"{d}  {rel}\n" for rel, d in sorted(sums.items()))))
     write_results()
     return dst
-
-
-README = DATA_DIR.parent / "README.md"
-_BEGIN, _END = "<!-- results table: python -m labkit.results readme -->", "<!-- end of results table -->"
 
 
 def readme_table(results: dict | None = None) -> str:
@@ -168,20 +165,4 @@ def readme_table(results: dict | None = None) -> str:
             ens = f"{h['ensemble_test_acc']:.4f}" if split == "test" else ""
             rows.append(f"| {name} — {label} ({h['runs']} runs × {h['epochs']} epochs, {'/'.join(h['precision'])}) "
                         f"| {s['best']:.4f} | {s['worst']:.4f} | {s['mean']:.5f} | {s['std']:.6f} | {ens} |")
-    return "\n".join([_BEGIN, *rows, _END])
-
-
-def update_readme() -> None:
-    """Replace the README's results table with one made from results.json."""
-    text = README.read_text()
-    start, end = text.index(_BEGIN), text.index(_END) + len(_END)
-    README.write_text(text[:start] + readme_table() + text[end:])
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "ship":
-        print(ship(sys.argv[2], sys.argv[3]))
-    elif sys.argv[1:] == ["readme"]:
-        update_readme()
-    else:
-        sys.exit(__doc__)
+    return "\n".join(rows)

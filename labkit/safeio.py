@@ -86,3 +86,14 @@ def read_regular(path, limit: int, what: str = "a regular file") -> bytes:
     if len(data) > limit:  # it grew after the fstat
         raise ReadRefused(f"more than {limit:,} bytes, over the limit")
     return data
+
+
+def read_json(path, limit: int = 64 * 2**20, what: str = "a JSON file"):
+    """A JSON document from a regular file of at most `limit` bytes; ReadRefused or ValueError otherwise."""
+    import json
+
+    data = read_regular(path, limit, what)
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None

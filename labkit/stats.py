@@ -47,7 +47,7 @@ def format_table(metrics: dict, report: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def per_class_accuracy(probs, y) -> np.ndarray:
+def per_digit_accuracy(probs, y) -> np.ndarray:
     """(runs, 10): the accuracy of each run on the test images of each digit; probs (runs, N, 10), y (N,)."""
     pred, y = np.asarray(probs).argmax(-1), np.asarray(y)
     return np.stack([(pred[:, y == d] == d).mean(1) for d in range(10)], 1)

@@ -223,3 +223,16 @@ def render_student(seed: int = STUDENT_SEED) -> list[dict]:
         rows.append({"name": f"{digit}.jpg", "data": _encode(img, "JPEG", quality=85), "label": digit,
                      "style": "student", "index": i})
     return rows
+
+
+def page_with_digit(digit28, size=(300, 220), at=(40, 30), scale=5, dark_ink=True, gradient=0.0) -> np.ndarray:
+    """float [0, 1] page with the digit enlarged `scale` times at `at` (x, y): ink dark on light."""
+    W, H = size
+    big = np.asarray(Image.fromarray(digit28).resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC),
+                     dtype=np.float32) / 255
+    ink = np.zeros((H, W), np.float32)
+    x, y = at
+    ink[y:y + 28 * scale, x:x + 28 * scale] = big
+    paper = 0.92 - gradient * np.linspace(0, 1, W, dtype=np.float32)[None, :]
+    g = paper * (1 - ink) + 0.1 * ink
+    return g if dark_ink else 1 - g

@@ -1,32 +1,27 @@
 """The one training path: the epoch loop of a run, and the runs loop that writes metrics.json."""
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import OUTPUTS_DIR, RECIPES, TrainConfig, differing_fields
+from .config import TrainConfig, display_path
 from .data import mnist_tensors, to_input
 from .device import resolve_device, resolve_precision
 from .models import build_model
-from .records import MetricsError, load_metrics, provenance, save_json, write_csv
+from .records import provenance
+from .runfolder import RunFolder
 
 _TINY = torch.finfo(torch.float32).tiny  # smallest normal fp32
 
 
 class TrainingStopped(Exception):
     """Training was asked to stop (Stop button, Ctrl-C); finished epochs are on disk."""
-
-
-class RunsFolderError(ValueError):
-    """An output folder that cannot take these runs without losing others."""
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, background: float = 0.0,
@@ -110,8 +105,6 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
         peak = cfg.lr * min(1.0, total / cfg.min_peak_steps)  # short runs (cheap notebook defaults) need a lower peak
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=total,
                                                     pct_start=0.25, div_factor=10, final_div_factor=100)
-    elif cfg.schedule != "constant":
-        raise ValueError(f"schedule must be 'constant' or 'onecycle', not {cfg.schedule!r}")
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003) if cfg.augment else None
     background = to_input(torch.zeros((), dtype=torch.uint8), cfg.normalize).item()  # a 0 pixel as the model sees it
     result = {"seed": cfg.seed, "precision": precision, "provenance": provenance(device), "epochs": [], "wall_seconds": 0.0}
@@ -186,113 +179,150 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
     return result
 
 
-def runs_dir(cfg: TrainConfig) -> Path:
-    """outputs/runs/<model>-e<epochs>-<n train>[-<precision>]: where a config's runs live, so reruns can resume."""
-    precision = "" if cfg.precision == RECIPES[cfg.model].get("precision", "fp32") else f"-{cfg.precision}"
-    return OUTPUTS_DIR / "runs" / f"{cfg.model}-e{cfg.epochs}-{'all' if cfg.limit_train is None else cfg.limit_train}{precision}"
-
-
-def _checkpoint_path(out_dir: Path, seed: int) -> Path:
-    return out_dir / f"run-seed{seed}.pt"
-
-
-def _finished_from_checkpoints(out_dir: Path, cfg: TrainConfig) -> dict[int, dict]:
-    """Runs of `cfg` that finished, rebuilt from the checkpoints in out_dir (each holds its run's metrics)."""
-    done = {}
-    for path in sorted(out_dir.glob("run-seed*.pt")):
-        try:  # the dict only: the weights are not needed to read a run's metrics
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged checkpoint is one run to retrain, not a reason to stop
-            continue
-        run = {**ckpt.get("metrics", {}), "provenance": ckpt.get("provenance")}
-        if differing_fields(ckpt.get("config", {}), cfg.to_dict()):
-            raise RunsFolderError(f"{out_dir} holds a checkpoint of another config ({path.name}); choose another "
-                                  "output folder, or retrain into it without resuming")
-        if isinstance(run.get("seed"), int) and len(run.get("epochs", [])) == cfg.epochs:
-            done[run["seed"]] = run
-    return done
-
-
-def _previous_runs(out_dir: Path, cfg: TrainConfig) -> dict[int, dict]:
-    """Finished runs of `cfg` in out_dir; an unreadable metrics.json is moved aside and rebuilt from checkpoints."""
-    path = out_dir / "metrics.json"
-    try:
-        old = load_metrics(path)
-    except MetricsError as e:
-        aside = path.with_name(f"metrics.json.unreadable-{_dt.datetime.now():%Y%m%d-%H%M%S}")
-        path.replace(aside)
-        done = _finished_from_checkpoints(out_dir, cfg)
-        warnings.warn(f"{e}; kept it as {aside.name} and rebuilt {len(done)} finished run(s) from their checkpoints",
-                      RuntimeWarning, stacklevel=3)
-        return done
-    differ = differing_fields(old["config"], cfg.to_dict())
-    if differ:
-        raise RunsFolderError(f"{out_dir} holds runs of another config (differs in {', '.join(differ)}); "
-                              "choose another output folder, or retrain into it without resuming")
-    return {r["seed"]: {**r, "provenance": r.get("provenance", old.get("provenance"))}  # each run keeps its own
-            for r in old["runs"] if len(r["epochs"]) == cfg.epochs and _checkpoint_path(out_dir, r["seed"]).exists()}
-
-
-def check_out_dir(out_dir) -> Path:
-    """out_dir as a Path, refused when it names something that is not a folder."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RunsFolderError(f"{out_dir} exists and is not a folder")
-    return out_dir
-
-
 def train_runs(cfg: TrainConfig, runs: int = 1, out_dir=None, resume: bool = True, progress=None,
-               keep_models: bool = False, stop: threading.Event | None = None) -> dict:
+               keep_models: bool = False, stop: threading.Event | None = None, wait: bool = False,
+               move_aside: bool = False) -> dict:
     """Train runs with seeds cfg.seed, cfg.seed+1, ...; metrics.json and epochs.csv are rewritten after every epoch.
 
-    With `resume`, runs already finished in out_dir under the same config are kept instead of
-    retrained (from metrics.json, or from the run checkpoints when metrics.json is unreadable); a run
-    cut off halfway is trained again from its start. A folder holding another config's runs is refused.
+    out_dir is a run folder (labkit.runfolder): checked and locked before the data loads, so a second
+    writer is refused (or waits, with `wait`). With `resume`, runs finished there under the same config
+    and setup are kept instead of retrained; a run cut off halfway is trained again from its start.
+    Without it, earlier runs move to a replaced-TIMESTAMP/ subfolder (another config's only with `move_aside`).
     """
     from .progress import Progress
 
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise ValueError(f"runs must be a whole number >= 1, not {runs!r}")
     device = resolve_device(cfg.device)
-    out_dir = check_out_dir(out_dir) if out_dir is not None else None
-    done: dict[int, dict] = {}
-    if out_dir is not None and resume and (out_dir / "metrics.json").exists():
-        done = _previous_runs(out_dir, cfg)
-    data = mnist_tensors(cfg.limit_train, device)
-    metrics = {"config": cfg.to_dict(), "runs_requested": runs, "provenance": provenance(device), "runs": []}
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    setup = (device.type, resolve_precision(cfg.precision, device, cfg.model))
+    folder = RunFolder(out_dir) if out_dir is not None else None
+    if folder is not None:
+        folder.prepare(wait=wait)
+    try:
+        done: dict[int, dict] = {}
+        if folder is not None and resume:
+            done = folder.finished(cfg, setup)
+        elif folder is not None:
+            moved = folder.start_over(cfg, move_aside)
+            if moved is not None:
+                print(f"earlier runs in {display_path(folder.path)} moved to {moved.name}/", flush=True)
+        data = mnist_tensors(cfg.limit_train, device)
+        metrics = {"config": cfg.to_dict(), "runs_requested": runs, "provenance": provenance(device), "runs": []}
+        seeds = [cfg.seed + i for i in range(runs)]
+        others = [done[s] for s in sorted(done) if s not in seeds]  # finished runs of other seeds stay in the file
 
-    def save():
-        if out_dir is not None:
-            save_json(out_dir / "metrics.json", metrics)
-            write_csv(metrics, out_dir / "epochs.csv")
+        def save():
+            if folder is not None:
+                folder.write({**metrics, "runs": metrics["runs"] + others})
 
-    progress = progress if progress is not None else Progress(runs, cfg.epochs)
-    models = []
-    for i in range(runs):
-        seed = cfg.seed + i
-        if seed in done:
-            metrics["runs"].append(done[seed])
-            then = (done[seed].get("provenance") or {}).get("git_commit", "unknown")
-            note = "" if then == metrics["provenance"]["git_commit"] else f" (trained at commit {then[:12]}, code now at {metrics['provenance']['git_commit'][:12]})"
-            print(f"run {i + 1}/{runs} (seed {seed}): finished earlier, loaded from {out_dir.name}{note}")
+        progress = progress if progress is not None else Progress(runs, cfg.epochs)
+        models = []
+        for i, seed in enumerate(seeds):
+            if seed in done:
+                metrics["runs"].append(done[seed])
+                then = (done[seed].get("provenance") or {}).get("git_commit", "unknown")
+                now = metrics["provenance"]["git_commit"]
+                note = "" if then == now else f" (trained at commit {then[:12]}, code now at {now[:12]})"
+                print(f"run {i + 1}/{runs} (seed {seed}): finished earlier, loaded from {folder.path.name}{note}")
+                if keep_models:
+                    models.append(load_checkpoint(folder.checkpoint(seed), device)[0])
+                continue
+            metrics["runs"].append({"seed": seed, "epochs": []})
+
+            def on_epoch(result, row, _slot=len(metrics["runs"]) - 1):
+                metrics["runs"][_slot] = {k: v for k, v in result.items() if k != "final_model"}
+                save()
+
+            progress.start_run(i, seed)
+            result = train_run(cfg.replace(seed=seed), data=data,
+                               checkpoint=folder.checkpoint(seed) if folder is not None else None,
+                               on_epoch=on_epoch, progress=progress, stop=stop)
             if keep_models:
-                models.append(load_checkpoint(_checkpoint_path(out_dir, seed), device)[0])
-            continue
-        metrics["runs"].append({"seed": seed, "epochs": []})
-
-        def on_epoch(result, row, _slot=len(metrics["runs"]) - 1):
-            metrics["runs"][_slot] = {k: v for k, v in result.items() if k != "final_model"}
-            save()
-
-        progress.start_run(i, seed)
-        ckpt = _checkpoint_path(out_dir, seed) if out_dir is not None else None
-        result = train_run(cfg.replace(seed=seed), data=data, checkpoint=ckpt, on_epoch=on_epoch, progress=progress,
-                           stop=stop)
-        if keep_models:
-            models.append(result["final_model"])
-    save()  # also when every run was loaded: a rebuilt metrics.json is written back
+                models.append(result["final_model"])
+        if others:
+            print(f"{display_path(folder.path)} also keeps finished run(s) of seed(s) "
+                  f"{', '.join(str(r['seed']) for r in others)}", flush=True)
+        save()  # also when every run was loaded: a rebuilt metrics.json is written back
+    finally:
+        if folder is not None:
+            folder.release()
     if keep_models:
         metrics["models"] = models
     return metrics
+
+
+class TrainingJob:
+    """`train_runs` of one run in a background thread, with Stop: its state, finished epochs and result.
+
+    A view (the notebook's TrainPanel) passes callbacks, called from the training thread:
+    on_step(epoch, step, steps), on_epoch(row) and on_end(job) once the thread is done.
+    """
+
+    def __init__(self, cfg: TrainConfig, out_dir, on_step=None, on_epoch=None, on_end=None):
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.on_step, self.on_epoch, self.on_end = on_step, on_epoch, on_end
+        self.state = "idle"  # idle, running, done, stopped, error
+        self.rows: list[dict] = []  # finished epochs
+        self.metrics: dict | None = None  # train_runs' result (metrics.json after a stop)
+        self.error: BaseException | None = None
+        self.position = (0, 0, 0)  # (epoch, step, steps) last reported
+        self.seconds = 0.0
+        self.thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # the Progress interface train_runs reports to
+    def start_run(self, run_index: int, seed: int) -> None:
+        pass
+
+    def batch(self, epoch: int, step: int, steps: int) -> None:
+        self.position = (epoch, step, steps)
+        if self.on_step is not None:
+            self.on_step(epoch, step, steps)
+
+    def epoch_done(self, row: dict) -> None:
+        self.rows.append(dict(row))
+        if self.on_epoch is not None:
+            self.on_epoch(row)
+
+    def _work(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            # each Train is a fresh run: whatever the folder held moves to replaced-TIMESTAMP/
+            self.metrics = train_runs(self.cfg, runs=1, out_dir=self.out_dir, resume=False, progress=self,
+                                      stop=self._stop, move_aside=True)
+            self.state = "done"
+        except TrainingStopped:
+            self.state = "stopped"
+            try:
+                self.metrics = RunFolder(self.out_dir).metrics()
+            except ValueError:
+                self.metrics = None
+        except Exception as e:  # kept for the view: a thread's traceback would reach no one
+            self.state, self.error = "error", e
+        finally:
+            self.seconds = time.perf_counter() - t0
+            if self.on_end is not None:
+                self.on_end(self)
+
+    def start(self) -> threading.Thread:
+        """Start training in a daemon thread (returned)."""
+        self.state = "running"
+        self.thread = threading.Thread(target=self._work, name="labkit-training-job", daemon=True)
+        self.thread.start()
+        return self.thread
+
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def stop(self) -> None:
+        """Training ends after the current step; finished epochs stay on disk."""
+        self._stop.set()
+
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until the thread ends (or timeout); the job's state."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+        return self.state

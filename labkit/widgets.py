@@ -8,11 +8,8 @@ are imported when a widget needs them), so notebooks and tests import it cheaply
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import html
 import io
-import json
-import threading
 import time
 from pathlib import Path
 
@@ -24,7 +21,7 @@ from ipywidgets.widgets.trait_types import bytes_serialization
 from PIL import Image
 
 from . import plots  # imported here, on the kernel's thread (pyplot), not first in a training thread
-from .config import MODEL_NAMES, OUTPUTS_DIR, PACKAGE_DIR, display_path, recipe
+from .config import MODEL_NAMES, PACKAGE_DIR, display_path, recipe
 from .preprocess import ImageError, as_viewed
 
 THUMB = 112  # side of the pictures shown, in screen pixels
@@ -240,35 +237,14 @@ class DrawPad(anywidget.AnyWidget):
 # TrainPanel: the report's training half
 
 
-class PanelProgress:
-    """labkit.progress.Progress's interface, drawing into a TrainPanel (called from the training thread)."""
-
-    def __init__(self, panel: "TrainPanel"):
-        self.panel = panel
-        self._last = 0.0
-
-    def start_run(self, run_index: int, seed: int) -> None:
-        self.panel._set_status(f"training (seed {seed})…")
-
-    def batch(self, epoch: int, step: int, steps: int) -> None:
-        self.panel._position = (epoch, step, steps)
-        now = time.monotonic()
-        if step == steps or now - self._last >= 0.1:  # at most ~10 updates a second, and every epoch's end
-            self._last = now
-            self.panel._show_step(epoch, step, steps)
-
-    def epoch_done(self, row: dict) -> None:
-        self.panel._epoch_done(row)
-
-
 class TrainPanel(widgets.VBox):
     """The report's GUI, training half: Train, a progress bar over steps, each finished epoch's
     train/test loss and accuracy, a curve redrawn in place, and Stop.
 
-    Train runs ``labkit.train.train_runs`` (the path of ``labkit train``: one run, metrics.json,
-    epochs.csv and run-seedN.pt in the output folder after every epoch) in a background thread,
-    so the kernel stays responsive. Stop ends training after the current step; the finished
-    epochs stay in metrics.json and the checkpoint. ``out_dir`` None: outputs/train-MODEL-TIMESTAMP.
+    The view of a ``labkit.train.TrainingJob``: Train starts one (the path of ``labkit train``: one
+    run, its run folder rewritten after every epoch) in a background thread, so the kernel stays
+    responsive; Stop ends it after the current step with the finished epochs kept.
+    ``out_dir`` None: a fresh outputs/train-MODEL-TIMESTAMP-PID per Train.
     """
 
     def __init__(self, model: str = "baseline", epochs: int = 1, limit_train: int | None = None,
@@ -276,15 +252,8 @@ class TrainPanel(widgets.VBox):
         if model not in MODEL_NAMES:  # refused here, not when Train is pressed
             raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}")
         self.out_dir_arg = Path(out_dir) if out_dir not in (None, "") else None
-        self.out_dir: Path | None = None  # the folder of the latest training
-        self.rows: list[dict] = []  # finished epochs of the latest training
-        self.metrics: dict | None = None  # train_runs' result (or metrics.json after a stop)
-        self.state = "idle"  # idle, running, done, stopped, error
-        self.error: BaseException | None = None
-        self.thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._position = (0, 0, 0)  # (epoch, step, steps) last reported
-        self._epochs = int(epochs)  # of the training under way
+        self.job = None  # the latest labkit.train.TrainingJob
+        self._last_draw = 0.0
 
         box = dict(layout=widgets.Layout(width="auto"), style={"description_width": "initial"})
         self.model = widgets.Dropdown(options=MODEL_NAMES, value=model, description="model", **box)
@@ -314,75 +283,43 @@ class TrainPanel(widgets.VBox):
                           widgets.HBox([self.bar, self.step_label]), self.status, self.table, self.curve], **kwargs)
         self.add_class("labkit-trainpanel")
 
+    # the latest job's state, for callers and tests
+    state = property(lambda self: self.job.state if self.job else "idle")
+    rows = property(lambda self: self.job.rows if self.job else [])
+    metrics = property(lambda self: self.job.metrics if self.job else None)
+    error = property(lambda self: self.job.error if self.job else None)
+    out_dir = property(lambda self: self.job.out_dir if self.job else None)
+    thread = property(lambda self: self.job.thread if self.job else None)
+
     # -- buttons
 
-    def train(self) -> threading.Thread | None:
-        """What Train does: start training in a background thread (returned); None while one runs."""
-        if self.thread is not None and self.thread.is_alive():
+    def train(self):
+        """What Train does: start a TrainingJob in a background thread (returned); None while one runs."""
+        if self.job is not None and self.job.running():
             return None
-        from . import train as train_mod  # here, not at import: the panel costs nothing until used
+        from .runfolder import fresh_dir  # here, not at import: the panel costs nothing until used
+        from .train import TrainingJob
 
         cfg = recipe(self.model.value, epochs=int(self.epochs.value), limit_train=int(self.limit_train.value) or None)
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.out_dir = self.out_dir_arg or OUTPUTS_DIR / f"train-{cfg.model}-{stamp}"
-        self.rows, self.metrics, self.error, self.state = [], None, None, "running"
-        self._stop = threading.Event()
-        self._position, self._epochs = (0, 0, 0), cfg.epochs
-        progress = PanelProgress(self)
+        self.job = TrainingJob(cfg, self.out_dir_arg or fresh_dir(f"train-{cfg.model}"),
+                               on_step=self._show_step, on_epoch=self._epoch_done, on_end=self._ended)
         self.bar.value, self.bar.max, self.bar.bar_style = 0, 1, ""
         self.step_label.value, self.table.value = "", ""
         self.curve.layout.display = "none"
         self._set_controls(running=True)
         self._set_status(f"loading data for {cfg.model!r}, {cfg.epochs} epoch(s)…")
-
-        def work():
-            t0 = time.perf_counter()
-            try:
-                # The path of `labkit train`; `stop` ends it after the current step with TrainingStopped.
-                self.metrics = train_mod.train_runs(cfg, runs=1, out_dir=self.out_dir, resume=False,
-                                                    progress=progress, stop=self._stop)
-                self.state = "done"
-                self.bar.bar_style = "success"
-                last = self.rows[-1] if self.rows else {}
-                self._set_status(
-                    f"done: {len(self.rows)} epoch(s) in {time.perf_counter() - t0:.1f} s, test accuracy "
-                    f"{last.get('test_acc', float('nan')):.4f}; metrics.json and run-seed{cfg.seed}.pt in "
-                    f"<code>{html.escape(display_path(self.out_dir))}</code>")
-            except train_mod.TrainingStopped:
-                self.state = "stopped"
-                self.metrics = self._read_metrics()
-                epoch, step, steps = self._position
-                if steps:
-                    self._show_step(epoch, step, steps)  # the bar where training stopped (updates are throttled)
-                self.bar.bar_style = "warning"
-                self._set_status(
-                    f"stopped on request after step {step}/{steps} of epoch {epoch}: {len(self.rows)} finished "
-                    f"epoch(s) kept in metrics.json and run-seed{cfg.seed}.pt in "
-                    f"<code>{html.escape(display_path(self.out_dir))}</code>")
-            except Exception as e:  # shown in the panel: a thread's traceback would reach no one
-                self.state, self.error = "error", e
-                self.bar.bar_style = "danger"
-                self._set_status(f"<span style='color:#a40000'>training failed: {html.escape(type(e).__name__)}: "
-                                 f"{html.escape(str(e).splitlines()[0] if str(e) else '')}</span>")
-            finally:
-                self._set_controls(running=False)
-
-        self.thread = threading.Thread(target=work, name="labkit-train-panel", daemon=True)
-        self.thread.start()
-        return self.thread
+        return self.job.start()
 
     def stop(self) -> None:
         """What Stop does: training ends after the current step, finished epochs kept."""
-        if self.thread is not None and self.thread.is_alive():
-            self._stop.set()
+        if self.job is not None and self.job.running():
+            self.job.stop()
             self.stop_button.disabled = True
             self._set_status("stopping after the current step…")
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until the training thread ends (or timeout); the panel's state."""
-        if self.thread is not None:
-            self.thread.join(timeout)
-        return self.state
+        return self.job.wait(timeout) if self.job is not None else "idle"
 
     # -- called from the training thread
 
@@ -394,29 +331,47 @@ class TrainPanel(widgets.VBox):
     def _set_status(self, text: str) -> None:
         self.status.value = text
 
-    def _show_step(self, epoch: int, step: int, steps: int) -> None:
-        total = self._epochs * steps
+    def _show_step(self, epoch: int, step: int, steps: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not (force or step == steps or now - self._last_draw >= 0.1):  # ~10 updates a second, and each epoch's end
+            return
+        self._last_draw = now
+        total = self.job.cfg.epochs * steps
         with self.bar.hold_sync():
             if self.bar.max != total:
                 self.bar.max = total
             self.bar.value = (epoch - 1) * steps + step
-        self.step_label.value = f"epoch {epoch}/{self._epochs} · step {step}/{steps}"
-        if step == steps and not self._stop.is_set():
+        self.step_label.value = f"epoch {epoch}/{self.job.cfg.epochs} · step {step}/{steps}"
+        if step == steps and not self.job.stopping():
             self._set_status(f"epoch {epoch}: evaluating on the 10,000 test images…")
 
     def _epoch_done(self, row: dict) -> None:
-        self.rows.append(dict(row))
-        self.table.value = epochs_table_html(self.rows)
-        self.curve.value = curve_png(self.rows)
+        self.table.value = epochs_table_html(self.job.rows)
+        self.curve.value = curve_png(self.job.rows)
         self.curve.layout.display = ""
-        if not self._stop.is_set():
+        if not self.job.stopping():
             self._set_status(f"epoch {row['epoch']} done")
 
-    def _read_metrics(self) -> dict | None:
-        try:
-            return json.loads((self.out_dir / "metrics.json").read_text())
-        except (OSError, ValueError):
-            return None
+    def _ended(self, job) -> None:
+        where = f"<code>{html.escape(display_path(job.out_dir))}</code>"
+        if job.state == "done":
+            self.bar.bar_style = "success"
+            last = job.rows[-1] if job.rows else {}
+            self._set_status(f"done: {len(job.rows)} epoch(s) in {job.seconds:.1f} s, test accuracy "
+                             f"{last.get('test_acc', float('nan')):.4f}; the run is in {where}")
+        elif job.state == "stopped":
+            epoch, step, steps = job.position
+            if steps:
+                self._show_step(epoch, step, steps, force=True)  # the bar where training stopped
+            self.bar.bar_style = "warning"
+            self._set_status(f"stopped on request after step {step}/{steps} of epoch {epoch}: {len(job.rows)} "
+                             f"finished epoch(s) kept in {where}")
+        else:
+            e = job.error
+            self.bar.bar_style = "danger"
+            self._set_status(f"<span style='color:#a40000'>training failed: {html.escape(type(e).__name__)}: "
+                             f"{html.escape(str(e).splitlines()[0] if str(e) else '')}</span>")
+        self._set_controls(running=False)
 
 
 def epochs_table_html(rows: list[dict]) -> str:

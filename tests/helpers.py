@@ -80,3 +80,21 @@ def drawing_png(digit: int | None, size=(280, 280), box=(70, 40, 140, 200), widt
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
+
+
+KILLED_TRIAL = "lr=0.001,seed=1"  # the trial of the tests' tiny sweep whose worker dies once
+
+
+def trial_killed_once(config, specs):
+    """labkit.sweep.run_trial, except that the KILLED_TRIAL's first attempt SIGKILLs its own Ray worker."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from labkit.sweep import run_trial
+
+    marker = Path(specs[config["name"]]["dir"]).parent.parent / f"killed-once-{config['name']}"
+    if config["name"] == KILLED_TRIAL and not marker.exists():
+        marker.write_text(f"pid {os.getpid()} killed itself\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+    run_trial(config, specs)

@@ -11,7 +11,7 @@ def test_shapes():
 
 
 def test_same_state_dict_as_the_reports_net():
-    from reference import report_loop
+    from labkit import reference as report_loop
 
     torch.manual_seed(0)
     theirs = report_loop.Net()

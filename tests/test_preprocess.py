@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import labkit.safeio
+from labkit.synth import page_with_digit as page
 from labkit.data import load_mnist
 from labkit.preprocess import (MAX_IMAGE_BYTES, ImageError, center_of_mass, mnist_preprocess, open_image,
                                preprocess, report_preprocess)
@@ -22,19 +23,6 @@ def seven():
     images, labels = load_mnist("test")
     assert labels[0] == 7
     return images[0]
-
-
-def page(digit28, size=(300, 220), at=(40, 30), scale=5, dark_ink=True, gradient=0.0) -> np.ndarray:
-    """float [0, 1] page with the digit enlarged `scale` times at `at` (x, y): ink dark on light."""
-    W, H = size
-    big = np.asarray(Image.fromarray(digit28).resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC),
-                     dtype=np.float32) / 255
-    ink = np.zeros((H, W), np.float32)
-    x, y = at
-    ink[y:y + 28 * scale, x:x + 28 * scale] = big
-    paper = 0.92 - gradient * np.linspace(0, 1, W, dtype=np.float32)[None, :]
-    g = paper * (1 - ink) + 0.1 * ink
-    return g if dark_ink else 1 - g
 
 
 def to_bytes(img: Image.Image, fmt="PNG", **kw) -> bytes:

@@ -53,4 +53,6 @@ def test_results_json_is_what_the_shipped_runs_give():
 
 
 def test_readme_quotes_results_json():
-    assert results.readme_table() in results.README.read_text(), "README is stale: python -m labkit.results readme"
+    from labkit.cli import README
+
+    assert results.readme_table() in README.read_text(encoding="utf-8"), "README is stale: run `labkit readme`"

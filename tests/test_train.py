@@ -10,7 +10,8 @@ from labkit.config import recipe
 from labkit.data import to_input
 from labkit.models import BaselineCNN, build_model
 from labkit.progress import Progress
-from labkit.train import RunsFolderError, TrainingStopped, train_run, train_runs
+from labkit.runfolder import RunFolderError
+from labkit.train import TrainingStopped, train_run, train_runs
 
 
 def reference_loop(cfg, data):
@@ -58,7 +59,7 @@ def test_fast_path_matches_reference_loop(small_data, path, request):
 
 def test_report_counting_equals_the_reports_own_loop(small_data):
     """Same seed, same batches: the report's code counts exactly what train_run's report_counting says."""
-    from reference import report_loop
+    from labkit import reference as report_loop
 
     torch.manual_seed(1)
     model = report_loop.Net()
@@ -194,7 +195,7 @@ def test_folder_of_another_config_is_refused_before_training(tmp_path, small_dat
     out = tmp_path / "runs"
     train_runs(recipe("baseline", epochs=1, limit_train=600, device="cpu"), runs=1, out_dir=out, **QUIET)
     before = (out / "metrics.json").read_bytes()
-    with pytest.raises(RunsFolderError, match="another config .differs in epochs"):
+    with pytest.raises(RunFolderError, match="another config .differs in epochs"):
         train_runs(recipe("baseline", epochs=2, limit_train=600, device="cpu"), runs=1, out_dir=out, **QUIET)
     assert (out / "metrics.json").read_bytes() == before
 

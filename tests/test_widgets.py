@@ -306,7 +306,7 @@ def test_trainpanel_stop_keeps_the_finished_epoch(tmp_path):
     assert panel.train() is None  # a second press while it runs starts nothing
     assert panel.wait(600) == "stopped", panel.status.value
     assert len(panel.rows) == 1 and "stopped" in panel.status.value
-    epoch, step, steps = panel._position
+    epoch, step, steps = panel.job.position
     assert epoch == 2 and step == 1 and steps == 5  # ended after the step under way
     assert panel.bar.value == steps + 1
     saved = json.loads((out / "metrics.json").read_text())

@@ -1,4 +1,4 @@
-"""The report's training loop, headless: its code as written, minus the PyQt5 GUI.
+"""The report's training loop, headless: its code as written, minus the PyQt5 GUI (the tests' oracle, the benchmark's baseline).
 
 Changes from the appendix, and only these:
 - the GUI calls (progress bar, labels) are dropped;
@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.optim as optim
 import torch.utils.data as Data
 
-from labkit.config import MNIST_DIR
+from .config import MNIST_DIR
 
 
 class Net(nn.Module):

@@ -1,0 +1,194 @@
+"""Sweep grids: TrainConfig fields x seeds parsed and checked, the trials they make, and their summaries (pure, no Ray)."""
+from __future__ import annotations
+
+import itertools
+import math
+import types
+import typing
+
+from .config import ConfigError, TrainConfig
+from .stats import accuracy_stats
+
+FINAL_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
+MAX_SEEDS = 10_000  # seeds in one sweep (the README's cluster study uses 1,500)
+_NOT_IN_GRID = {"seed": "give seeds with --seeds (e.g. --seeds 1-3)",
+                "model": "give the model with --model (each model has its own recipe)"}
+
+
+class SweepError(ValueError):
+    """A bad grid, seed list or sweep setting: reported before any trial starts."""
+
+
+def _parse_value(text: str, kind) -> object:
+    """One grid value as the field's type; ValueError with a short reason."""
+    t = text.strip()
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind):
+        if t.lower() in ("none", "null", "all"):
+            return None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if kind is bool:
+        if t.lower() in ("true", "yes", "1"):
+            return True
+        if t.lower() in ("false", "no", "0"):
+            return False
+        raise ValueError(f"{text!r} is not a bool (true or false)")
+    if kind is int:
+        try:
+            return int(t)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a whole number") from None
+    if kind is float:
+        try:
+            return float(t)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+    if kind is str and t:
+        return t
+    raise ValueError(f"{text!r} is not a value of type {getattr(kind, '__name__', kind)}")
+
+
+def parse_grid(specs, base: TrainConfig | None = None) -> dict[str, list]:
+    """["lr=1e-5,1e-4", ...] or {"lr": [1e-5, 1e-4]} -> {field: [typed values]}; all problems in one SweepError.
+
+    Each value is parsed to its TrainConfig field's type and, with `base`, checked by TrainConfig itself.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    problems, grid, items = [], {}, []
+    if isinstance(specs, dict):
+        items = [(str(k), v) for k, v in specs.items()]
+    else:
+        for spec in specs or []:
+            key, eq, values = str(spec).partition("=")
+            if not eq:
+                problems.append(f"{spec!r} is not FIELD=V1,V2,...")
+            else:
+                items.append((key.strip(), values))
+    for key, values in items:
+        name = key.replace("-", "_")
+        if name in _NOT_IN_GRID:
+            problems.append(f"{name} cannot be a grid field: {_NOT_IN_GRID[name]}")
+            continue
+        if name not in hints:
+            problems.append(f"unknown field {key!r} (TrainConfig fields: {', '.join(f for f in hints if f not in _NOT_IN_GRID)})")
+            continue
+        if name in grid:
+            problems.append(f"{name} is given twice")
+            continue
+        texts = [s for s in values.split(",") if s.strip()] if isinstance(values, str) else \
+            [str(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
+        if not texts:
+            problems.append(f"{name} has an empty list of values")
+            continue
+        parsed = []
+        for text in texts:
+            try:
+                value = _parse_value(text, hints[name])
+                if base is not None:
+                    base.replace(**{name: value})  # TrainConfig refuses values no run can use
+            except (ValueError, ConfigError) as e:
+                problems.append(f"{name}: {e}")
+                continue
+            if value in parsed:
+                problems.append(f"{name} lists {value!r} twice")
+            else:
+                parsed.append(value)
+        grid[name] = parsed
+    if problems:
+        raise SweepError("bad grid: " + "; ".join(problems))
+    return grid
+
+
+def parse_seeds(spec) -> list[int]:
+    """"1-3" -> [1, 2, 3]; "1,4,7-8" -> [1, 4, 7, 8]; an int or a list of ints passes through; at most MAX_SEEDS."""
+    too_many = f"bad seeds {spec!r}: more than {MAX_SEEDS:,} seeds in one sweep"
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        seeds = [spec]
+    elif isinstance(spec, str):
+        seeds = []
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            lo, dash, hi = part.partition("-")
+            try:
+                a, b = int(lo), int(hi) if dash else int(lo)
+            except ValueError:
+                raise SweepError(f"bad seeds {spec!r}: {part!r} is not N or N-M") from None
+            if b < a:
+                raise SweepError(f"bad seeds {spec!r}: {part!r} counts down")
+            if len(seeds) + (b - a + 1) > MAX_SEEDS:  # checked before the range is made
+                raise SweepError(too_many)
+            seeds.extend(range(a, b + 1))
+    else:
+        seeds = list(spec)
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise SweepError(f"bad seeds {spec!r}: not whole numbers")
+    if not seeds:
+        raise SweepError(f"bad seeds {spec!r}: no seed given")
+    if len(seeds) > MAX_SEEDS:
+        raise SweepError(too_many)
+    if len(set(seeds)) != len(seeds):
+        raise SweepError(f"bad seeds {spec!r}: a seed is listed twice")
+    for s in (min(seeds), max(seeds)):
+        try:
+            TrainConfig(seed=s)  # TrainConfig says which seeds a run can take
+        except ConfigError as e:
+            raise SweepError(f"bad seeds {spec!r}: {e}") from None
+    if min(seeds) < 0:
+        raise SweepError(f"bad seeds {spec!r}: seeds must be >= 0")
+    return seeds
+
+
+def _fmt(v) -> str:
+    return v if isinstance(v, str) else repr(v)
+
+
+def trial_name(point: dict, seed: int) -> str:
+    """Folder (and Tune trial) name of a trial: its grid values and seed, e.g. 'lr=0.0001,seed=2'."""
+    return ",".join([*(f"{k}={_fmt(v)}" for k, v in point.items()), f"seed={seed}"])
+
+
+def plan(base: TrainConfig, grid: dict[str, list], seeds: list[int]) -> list[dict]:
+    """Every trial of the sweep: grid points in the order given (the last field varying fastest), seeds innermost."""
+    trials = []
+    for values in itertools.product(*grid.values()):
+        point = dict(zip(grid, values))
+        for seed in seeds:
+            cfg = base.replace(**point, seed=seed)
+            trials.append({"name": trial_name(point, seed), "point": point, "seed": seed, "config": cfg.to_dict()})
+    return trials
+
+
+def final_row(trial: dict) -> dict | None:
+    """A trial's last epoch, or None when it diverged (its numbers are not finite)."""
+    return None if trial.get("diverged") else trial["epochs"][-1]
+
+
+def point_rows(sweep: dict) -> list[dict]:
+    """One row per grid point: its values, n (seeds finished, not diverged), diverged, and mean and std (n-1)
+    over seeds of each final metric."""
+    grid = sweep["grid"]
+    groups: dict[tuple, list[dict]] = {}
+    for t in sweep["trials"]:
+        groups.setdefault(tuple(t["config"][k] for k in grid), []).append(t)
+    rows = []
+    for values in itertools.product(*grid.values()):
+        trials = groups.get(tuple(values), [])
+        finals = [f for t in trials if (f := final_row(t)) is not None]
+        row = {**dict(zip(grid, values)), "n": len(finals), "diverged": len(trials) - len(finals)}
+        for k in FINAL_KEYS:
+            st = accuracy_stats([f[k] for f in finals]) if finals else {"mean": math.nan, "std": math.nan}
+            row[k + "_mean"], row[k + "_std"] = st["mean"], st["std"]
+        rows.append(row)
+    return rows
+
+
+def format_points(sweep: dict) -> str:
+    """The printed table: per grid point, mean ± std (n-1) over seeds of train and test accuracy."""
+    grid = list(sweep["grid"])
+    heads = [*grid, "seeds", "diverged", "train acc (mean ± std)", "test acc (mean ± std)", "test loss (mean)"]
+    body = []
+    for r in point_rows(sweep):
+        pm = lambda k: f"{r[k + '_mean']:.4f} ± {r[k + '_std']:.4f}" if r["n"] else "-"
+        body.append([*(_fmt(r[k]) for k in grid), str(r["n"]), str(r["diverged"]), pm("train_acc"),
+                     pm("test_acc"), f"{r['test_loss_mean']:.4f}" if r["n"] else "-"])
+    widths = [max([len(h), *(len(b[i]) for b in body)]) for i, h in enumerate(heads)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+    return "\n".join([line(heads), *(line(b) for b in body)])

@@ -1,1 +1,0 @@
-"""The report's own code, as a reference for the tests and the benchmark."""
