@@ -11,10 +11,10 @@ kernel (LABKIT_NO_KERNEL: torch's ops; slower than the report's loop would be a 
 take turns, one epoch at a time, never overlapping: round r times epoch r of each, so all are at
 the same point of training. Prints the CPU, seconds per epoch (median and spread), each ratio to
 the report's loop, samples per second and peak RSS, and what the improved model's full recipe
-(its epochs with their evaluations) costs in epochs of the report's loop (target <= 20).
+(its epochs with their evaluations) costs in epochs of the report's loop (budget: <= 20).
 --torch-isa avx2 also caps torch's own kernels (ATen, oneDNN, MKL) at AVX2 in every worker, the
 report's loop included, so an AVX-512 host times what an AVX2 CPU with its cores would run. With a
-GPU it also times the report's full protocol (10 runs x 50 epochs). See benchmarks/NOTES.md for what was tried and what each thing gave.
+GPU it also times the report's full protocol (10 runs x 50 epochs). benchmarks/NOTES.md holds the measurements per machine.
 """
 from __future__ import annotations
 
@@ -283,7 +283,7 @@ def main() -> None:
         cost = epochs * statistics.median(walls)
         print(f"improved model's full recipe ({epochs} epochs, each with its test evaluation, "
               f"{results['improved'][-1].get('precision', '?')}): ~{cost:.0f} s = "
-              f"{cost / med['report']:.1f} epochs of the report's loop; target <= 20")
+              f"{cost / med['report']:.1f} epochs of the report's loop; budget <= 20")
     best = min((k for k in contenders if k.startswith("labkit") and "no kernel" not in k), key=med.get, default=None)
     if best:
         print(f"report protocol (10 runs x 50 epochs), training passes only: {best} ~{med[best] * 500 / 60:.1f} min, "

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_ship(args) -> int:
     from .records import MetricsError
-    from .results import ResultsError, ship
+    from .shipped import ResultsError, ship
 
     try:
         print(ship(args.src, args.name))
@@ -148,7 +148,7 @@ _BEGIN, _END = "<!-- results table: labkit readme -->", "<!-- end of results tab
 
 def cmd_readme(args) -> int:
     """Replace the README's results table with one made from results.json."""
-    from .results import readme_table
+    from .shipped import readme_table
 
     text = README.read_text(encoding="utf-8")
     if _BEGIN not in text or _END not in text:
@@ -161,7 +161,7 @@ def cmd_readme(args) -> int:
 
 def _add_sweep(subparsers) -> None:
     """`labkit sweep` (Ray is imported only when a sweep runs)."""
-    from .sweep import DEFAULT_CPUS_PER_TRIAL, DEFAULT_GPUS_PER_TRIAL
+    from .grid import DEFAULT_CPUS_PER_TRIAL, DEFAULT_GPUS_PER_TRIAL
 
     s = subparsers.add_parser("sweep", help="train a grid of configs x seeds on Ray Tune and write sweep.json")
     s.add_argument("--model", required=True, choices=MODEL_NAMES, help="the recipe the grid varies")
@@ -188,7 +188,8 @@ def cmd_sweep(args) -> int:
     """`labkit sweep`: 0 when every trial finished, 1 when some failed, 2 for bad arguments, 130 when stopped."""
     from .data import DataError
     from .records import WriteError
-    from .sweep import SweepError, run
+    from .grid import SweepError
+    from .sweep import run
 
     try:
         sweep = run(args.model, args.grid, args.seeds, epochs=args.epochs, limit_train=args.limit_train,

@@ -76,7 +76,7 @@ N_TRAIN = 60_000  # MNIST training images
 AUGMENT_SEED_OFFSET = 1_000_003  # the augmentation generator's seed is the run's seed + this
 MAX_SEED = 2**63 - 1 - AUGMENT_SEED_OFFSET  # torch seeds are 64-bit; the augmentation seed must fit too
 PREPROCESSING = ("mnist", "report")  # how a picture becomes a 28x28: MNIST-style (default) or the report's readImage
-OLD_MODEL_NAMES = {"seed": "baseline"}  # model names in files written before the rename
+OLD_MODEL_NAMES = {"seed": "baseline"}  # aliases saved files may carry, read as the current name
 
 
 class ConfigError(ValueError):
@@ -153,8 +153,8 @@ def recipe(model: str = "baseline", **overrides) -> TrainConfig:
 
 
 def comparable(config: dict, ignore=("seed", "device")) -> dict:
-    """A saved config as a dict to compare runs by: fields newer than the file take their defaults,
-    old model names their new ones, and the fields in `ignore` (what runs may differ in) are left out."""
+    """A saved config as a dict to compare runs by: fields missing from the file take their defaults,
+    model aliases (OLD_MODEL_NAMES) their current names, and the fields in `ignore` are left out."""
     config = {**TrainConfig().to_dict(), **config}
     config["model"] = OLD_MODEL_NAMES.get(config["model"], config["model"])
     return {k: v for k, v in config.items() if k not in ignore}

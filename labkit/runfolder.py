@@ -297,9 +297,12 @@ class RunFolder:
         return self.move_aside()
 
 
-def runs_dir(cfg: TrainConfig, device_type: str, precision: str) -> Path:
-    """outputs/runs/<protocol>: where a config's runs live, so reruns resume (see protocol_name)."""
-    return OUTPUTS_DIR / "runs" / protocol_name(cfg, device_type, precision)
+def runs_dir(cfg: TrainConfig) -> Path:
+    """outputs/runs/<protocol>: where a config's runs live on this machine, so reruns resume (see protocol_name)."""
+    from .device import resolve_device, resolve_precision
+
+    device = resolve_device(cfg.device)
+    return OUTPUTS_DIR / "runs" / protocol_name(cfg, device.type, resolve_precision(cfg.precision, device, cfg.model))
 
 
 def protocol_name(cfg: TrainConfig, device_type: str, precision: str) -> str:

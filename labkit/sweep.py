@@ -12,20 +12,29 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import OUTPUTS_DIR, ConfigError, TrainConfig, recipe
-from .grid import FINAL_KEYS, SweepError, format_points, parse_grid, parse_seeds, plan
+from .grid import (DEFAULT_CPUS_PER_TRIAL, DEFAULT_GPUS_PER_TRIAL, FINAL_KEYS, SweepError, format_points, parse_grid,
+                   parse_seeds, plan)
 from .records import atomic_write, save_json
 from .runfolder import RunFolder, RunFolderError, fresh_dir
 
-# Threads per trial: on a 2-core machine shared with other work, two 1-thread trials side by side
-# beat one 2-thread trial at a time: 4 baseline trials x 2 epochs x 60,000 images took 38-52 s
-# against 179-207 s, 4 improved trials x 1 epoch x 6,000 images 44 s against 102 s (2-thread
-# OpenMP kernels stall whenever another process takes one of the two cores).
-DEFAULT_CPUS_PER_TRIAL = 1
-DEFAULT_GPUS_PER_TRIAL = 0.25  # where the cluster has GPUs: four small trials share one
 SWEEP_JSON, SWEEP_CSV = "sweep.json", "sweep.csv"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the trials run: where (address), with what (CPUs, GPUs per trial), retries, resume, Tune's verbosity."""
+
+    address: str | None = None  # HOST:PORT of a Ray cluster; None: a Ray instance on this machine
+    cpus_per_trial: int | None = None  # None: DEFAULT_CPUS_PER_TRIAL
+    gpus_per_trial: float | None = None  # None: DEFAULT_GPUS_PER_TRIAL where the cluster has GPUs, else 0
+    max_failures: int = 2  # retries of a failed trial
+    resume: bool = True  # keep trials finished earlier
+    verbose: int = 1  # Tune's live table
+    trial_fn: object = None  # what a Ray worker runs per trial: fn(config, specs); None: run_trial
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -232,8 +241,8 @@ class _DropRestoreAdvice(logging.Filter):
 class _Sweep:
     """A sweep under way: its trials, what finished, retries and errors, and sweep.json kept current."""
 
-    def __init__(self, out: Path, trials: list[dict], sweep: dict, done: dict):
-        self.out, self.trials, self.sweep, self.done = out, trials, sweep, done
+    def __init__(self, out: Path, trials: list[dict], sweep: dict, done: dict, settings: Settings):
+        self.out, self.trials, self.sweep, self.done, self.settings = out, trials, sweep, done, settings
         self.retried: dict[str, int] = {}
         self.errors: dict[str, str] = {}
 
@@ -241,12 +250,12 @@ class _Sweep:
         self.sweep["trials"] = [self.done[t["name"]] for t in self.trials if t["name"] in self.done]  # plan order
         _write_outputs(self.out, self.sweep)
 
-    def tune(self, ray, pending, address, cpt, gpt, max_failures, resume, verbose, trial_fn) -> None:
+    def tune(self, pending: list[dict], cpt: int, gpt: float) -> None:
         """The pending trials as one Tune experiment: resources, retries, result tables."""
         from ray import tune
 
-        state = self
-        specs = {t["name"]: {**t, "threads": cpt, "resume": resume} for t in pending}
+        state, max_failures = self, self.settings.max_failures
+        specs = {t["name"]: {**t, "threads": cpt, "resume": self.settings.resume} for t in pending}
 
         class Collect(tune.Callback):
             """Takes each finished trial's record as Tune reports it, and keeps sweep.json current."""
@@ -267,6 +276,7 @@ class _Sweep:
                 state.errors[trial.config["name"]] = "failed after retries"
 
         # The trial's name is its only Tune parameter (short tables); its spec travels by with_parameters.
+        trial_fn = self.settings.trial_fn or run_trial
         trainable = tune.with_resources(tune.with_parameters(trial_fn, specs=specs), {"cpu": cpt, "gpu": gpt})
         tuner = tune.Tuner(
             trainable,
@@ -274,7 +284,7 @@ class _Sweep:
             tune_config=tune.TuneConfig(trial_name_creator=lambda t: t.config["name"],
                                         trial_dirname_creator=lambda t: t.config["name"],
                                         reuse_actors=True),  # the next trial skips the worker's start and imports
-            run_config=tune.RunConfig(name="tune", storage_path=str(self.out / "ray"), verbose=verbose,
+            run_config=tune.RunConfig(name="tune", storage_path=str(self.out / "ray"), verbose=self.settings.verbose,
                                       failure_config=tune.FailureConfig(max_failures=max_failures),
                                       callbacks=[Collect()]),
         )
@@ -287,6 +297,32 @@ class _Sweep:
                     self.errors[r.config["name"]] = f"{type(r.error).__name__}: {first}"
         finally:
             logging.getLogger("ray.tune.tune").removeFilter(quiet)
+
+    def run_pending(self, pending: list[dict]) -> None:
+        """Start (or join) Ray, size the trials to the cluster, and run them."""
+        address = self.settings.address
+        if address is None and not _ray_initialized():
+            _check_home()
+        with _ray_environment(address):
+            ours = not _ray_initialized()  # else: the caller's own ray.init(), left running
+            ray = _start_ray(address) if ours else sys.modules["ray"]
+            try:
+                cpt, gpt, cluster = _resources(ray, self.settings.cpus_per_trial, self.settings.gpus_per_trial, pending)
+                prov = self.sweep["provenance"]
+                prov.update(ray=ray.__version__, address=address or "local instance (127.0.0.1)",
+                            cluster_cpus=cluster["cpus"], cluster_gpus=cluster["gpus"], cpus_per_trial=cpt,
+                            gpus_per_trial=gpt, max_failures=self.settings.max_failures)
+                at_once = int(cluster["cpus"] // cpt)
+                if gpt:
+                    at_once = min(at_once, int(cluster["gpus"] // gpt))
+                print(f"ray {ray.__version__}, {prov['address']}: {cluster['cpus']:g} CPUs, {cluster['gpus']:g} GPUs; "
+                      f"per trial {cpt} CPU(s){f' and {gpt:g} GPU' if gpt else ''}: up to {at_once} trials at once",
+                      flush=True)
+                self.tune(pending, cpt, gpt)
+            finally:
+                self.save()
+                if ours:
+                    ray.shutdown()
 
 
 def _resources(ray, cpus_per_trial, gpus_per_trial, pending) -> tuple[int, float, dict]:
@@ -305,15 +341,15 @@ def _resources(ray, cpus_per_trial, gpus_per_trial, pending) -> tuple[int, float
 def run(model: str = "baseline", grid=None, seeds="1", epochs: int | None = None, limit_train: int | None = None,
         out_dir=None, address: str | None = None, cpus_per_trial: int | None = None,
         gpus_per_trial: float | None = None, max_failures: int = 2, resume: bool = True,
-        device: str | None = None, precision: str | None = None, verbose: int = 1, trial_fn=run_trial,
+        device: str | None = None, precision: str | None = None, verbose: int = 1, trial_fn=None,
         wait: bool = False, **overrides) -> dict:
     """Run the sweep; returns the sweep.json dict plus "failed" and "retried". A bad setting raises SweepError before anything starts.
 
     grid: {"lr": [1e-5, 1e-4]} or ["lr=1e-5,1e-4"]; seeds: "1-3", an int or a list. Each trial is
     `train_runs(config, 1, out_dir=OUT/trials/NAME)`, as `labkit train --out ... --seed S --lr ...` runs it.
     Trials finished earlier (in OUT/sweep.json or their own run folder) are not run again. OUT is locked
-    while the sweep runs. Ctrl-C stops the sweep (SweepInterrupted) with the finished trials saved.
-    trial_fn(config, specs) is what a Ray worker runs per trial (default run_trial; tests wrap it).
+    while the sweep runs (`wait`: wait for another sweep there). Ctrl-C stops the sweep (SweepInterrupted)
+    with the finished trials saved. trial_fn(config, specs): what a Ray worker runs per trial (run_trial).
     """
     try:
         base = recipe(model, epochs=epochs, limit_train=limit_train, device=device, precision=precision, **overrides)
@@ -328,6 +364,7 @@ def run(model: str = "baseline", grid=None, seeds="1", epochs: int | None = None
         raise SweepError(f"gpus_per_trial must be a fraction in 0..1 or a whole number, not {gpus_per_trial!r}")
     if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
         raise SweepError(f"max_failures must be a whole number >= 0, not {max_failures!r}")
+    settings = Settings(address, cpus_per_trial, gpus_per_trial, max_failures, resume, verbose, trial_fn)
     out = (Path(out_dir) if out_dir is not None else fresh_dir(model, OUTPUTS_DIR / "sweeps")).resolve()
     trials = plan(base, grid, seeds)
     if address is None and any(t["config"]["device"] == "cuda" for t in trials):
@@ -345,24 +382,22 @@ def run(model: str = "baseline", grid=None, seeds="1", epochs: int | None = None
     except RunFolderError as e:
         raise SweepError(str(e)) from None
     try:
-        return _run_locked(model, base, grid, seeds, trials, out, address, cpus_per_trial, gpus_per_trial,
-                           max_failures, resume, verbose, trial_fn)
+        return _run_locked(model, base, grid, seeds, trials, out, settings)
     finally:
         folder.release()
 
 
-def _run_locked(model, base, grid, seeds, trials, out, address, cpus_per_trial, gpus_per_trial, max_failures,
-                resume, verbose, trial_fn) -> dict:
+def _run_locked(model: str, base: TrainConfig, grid: dict, seeds: list[int], trials: list[dict], out: Path,
+                settings: Settings) -> dict:
+    """The sweep, with OUT locked: what finished earlier, then the rest on Ray, then the table."""
     earlier = {}
-    if resume and (out / SWEEP_JSON).is_file():
+    if settings.resume and (out / SWEEP_JSON).is_file():
         try:
             earlier = {t["name"]: t for t in load_sweep(out).get("trials", [])}
         except (ValueError, KeyError, TypeError, AttributeError):
             earlier = {}
     done, foreign = {}, {}
-    for t in trials:
-        if not resume:
-            continue
+    for t in trials if settings.resume else []:
         try:
             rec = _finished_record(t, earlier)
         except RunFolderError as e:
@@ -383,32 +418,12 @@ def _run_locked(model, base, grid, seeds, trials, out, address, cpus_per_trial, 
     sweep = {"model": model, "grid": grid, "seeds": seeds,
              "base_config": {k: v for k, v in base.to_dict().items() if k not in grid and k != "seed"},
              "provenance": prov, "trials_requested": len(trials), "trials": []}
-    state = _Sweep(out, trials, sweep, done)
+    state = _Sweep(out, trials, sweep, done, settings)
     print(f"sweep of {model!r}: {len(trials)} trial(s) = {len(trials) // len(seeds)} grid point(s) x {len(seeds)} "
           f"seed(s); {len(done)} finished earlier, {len(pending)} to run; writing {out / SWEEP_JSON}", flush=True)
     state.save()
     if pending:
-        if address is None and not _ray_initialized():
-            _check_home()
-        with _ray_environment(address):
-            ours = not _ray_initialized()  # else: the caller's own ray.init(), left running
-            ray = _start_ray(address) if ours else sys.modules["ray"]
-            try:
-                cpt, gpt, cluster = _resources(ray, cpus_per_trial, gpus_per_trial, pending)
-                prov.update(ray=ray.__version__, address=address or "local instance (127.0.0.1)",
-                            cluster_cpus=cluster["cpus"], cluster_gpus=cluster["gpus"], cpus_per_trial=cpt,
-                            gpus_per_trial=gpt, max_failures=max_failures)
-                at_once = int(cluster["cpus"] // cpt)
-                if gpt:
-                    at_once = min(at_once, int(cluster["gpus"] // gpt))
-                print(f"ray {ray.__version__}, {prov['address']}: {cluster['cpus']:g} CPUs, {cluster['gpus']:g} GPUs; "
-                      f"per trial {cpt} CPU(s){f' and {gpt:g} GPU' if gpt else ''}: up to {at_once} trials at once",
-                      flush=True)
-                state.tune(ray, pending, address, cpt, gpt, max_failures, resume, verbose, trial_fn)
-            finally:
-                state.save()
-                if ours:
-                    ray.shutdown()
+        state.run_pending(pending)
     failed = [t["name"] for t in pending if t["name"] not in done and t["name"] in state.errors]
     missing = [t["name"] for t in pending if t["name"] not in done and t["name"] not in state.errors]
     sweep.update(failed=failed, retried=state.retried)

@@ -1,9 +1,9 @@
-"""End to end, where users meet the workbook: JupyterLab in headless Chromium (issue 6).
+"""End to end, where users meet the workbook: JupyterLab in headless Chromium.
 
 * notebook 04 in a real JupyterLab: Run All Cells, the PredictPanel renders, an image from
   data/custom/ goes through the FileUpload's real file input, Predict shows the right digit, no
   cell shows an error; in its Draw tab, a 1, a 0 and a 7 drawn on the DrawPad's canvas with real
-  mouse events are read right, and Clear leaves no prediction on the page (issue 14);
+  mouse events are read right, and Clear leaves no prediction on the page;
 * notebook 02 in a real JupyterLab: the TrainPanel trains a tiny run (progress bar to its end, the
   epoch's numbers), then Stop ends a long run after its first epoch with metrics.json kept;
 * notebooks 02 and 03 executed with papermill at cheap parameters and exported to HTML as

@@ -1,4 +1,4 @@
-"""labkit.checkpoint: what save_checkpoint writes loads back as the same model, old names included."""
+"""labkit.checkpoint: what save_checkpoint writes loads back as the same model, model aliases included."""
 from __future__ import annotations
 
 import pytest
@@ -19,7 +19,7 @@ def test_round_trip_and_the_old_model_name(tmp_path):
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)
     old = torch.load(tmp_path / "a.pt", weights_only=True)
-    old["model"], old["config"]["model"] = "seed", "seed"  # as written before the rename
+    old["model"], old["config"]["model"] = "seed", "seed"  # a file carrying the alias "seed"
     torch.save(old, tmp_path / "old.pt")
     with pytest.warns(UserWarning, match="called 'seed'; loaded as 'baseline'"):
         again, ckpt = load_checkpoint(tmp_path / "old.pt")

@@ -99,12 +99,12 @@ def test_one_result_per_trial_each_equal_to_a_single_training_run(local_sweep, s
         assert _strip(m["runs"][0]["epochs"]) == _strip(t["epochs"])
         assert (d / "epochs.csv").exists() and (d / f"run-seed{t['seed']}.pt").exists()
     csv = (out / "sweep.csv").read_text().splitlines()
-    assert csv[0] == "lr,seed,epochs,train_loss,train_acc,test_loss,test_acc,wall_seconds" and len(csv) == 5
+    assert csv[0] == "lr,seed,epochs,train_loss,train_acc,test_loss,test_acc,wall_seconds,diverged" and len(csv) == 5
     assert csv[3].startswith("0.001,1,1,")
 
 
 def test_a_trial_equals_labkit_train_with_the_same_flags(local_sweep, tmp_path, capsys):
-    """The issue's promise: any trial can be rerun alone with `labkit train --lr ... --seed ...`."""
+    """Any trial can be rerun alone with `labkit train --lr ... --seed ...`, with the same numbers."""
     _, out = local_sweep
     trial = next(t for t in sweep.load_sweep(out)["trials"] if t["name"] == "lr=0.001,seed=2")
     assert _one_thread(lambda: cli_main(["train", "--model", "baseline", "--lr", "1e-3", "--seed", "2", "--epochs", "1",
