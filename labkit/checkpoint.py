@@ -67,8 +67,10 @@ def predict_proba(model, x_uint8, normalize: bool, batch: int = 1000) -> torch.T
 def input_gradients(model, x_uint8, normalize: bool, target=None) -> torch.Tensor:
     """Saliency (N, 28, 28): gradient of the target logit (default: the predicted digit) times the input."""
     model.eval()
-    x = to_input(x_uint8, normalize).requires_grad_(True)  # (N, 1, 28, 28)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else x_uint8.device  # images and targets go to the model's device
+    x = to_input(x_uint8.to(device), normalize).requires_grad_(True)  # (N, 1, 28, 28)
     logits = model(x)
-    target = logits.argmax(1) if target is None else torch.as_tensor(target)
+    target = logits.argmax(1) if target is None else torch.as_tensor(target, dtype=torch.long, device=device)
     logits.gather(1, target.view(-1, 1)).sum().backward()
     return (x.grad * x).detach()[:, 0]

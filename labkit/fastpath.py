@@ -233,6 +233,11 @@ def _load(path: Path) -> ctypes.CDLL:
 
 def _self_check(k: Kernel) -> None:
     """The build's forward and backward on random data against torch's ops; raise if they differ."""
+    with torch.autocast("cpu", enabled=False):  # the first use may come inside a bf16 region: the check is fp32
+        _check_against_torch(k)
+
+
+def _check_against_torch(k: Kernel) -> None:
     gen = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(*shape, generator=gen) for shape in ((3, 1, 28, 28), (16, 1, 3, 3), (16,)))
     g = torch.randn(3, 14, 14, 16, generator=gen)
@@ -349,6 +354,13 @@ def _(x, weight, bias):
                        memory_format=torch.channels_last)
 
 
+# Under autocast the op runs in fp32 with autocast off, on any device: its output then has its inputs' dtype, as the
+# fake says (left to itself, the fallback's conv2d would autocast to bf16 while the kernel returns fp32).
+if hasattr(torch.library, "register_autocast"):
+    for _device_type in ("cpu", "cuda"):
+        torch.library.register_autocast("labkit::conv_pool", _device_type, torch.float32)
+
+
 @torch.library.custom_op("labkit::conv_pool_backward", mutates_args=())
 def conv_pool_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                        bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -425,13 +437,15 @@ class _LinearChain(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # g: (B, 10)
         h, w1, b1, w2, m = ctx.saved_tensors
-        g, m = g.to(h.dtype).contiguous(), m.to(h.dtype)  # under autocast g and m are bf16: gradients in h's dtype
+        # Under autocast g, m (and h off the kernel) are bf16: every product in the weights' dtype, dh in h's
+        h_dtype = h.dtype
+        g, h, m = g.to(w1.dtype).contiguous(), h.to(w1.dtype), m.to(w1.dtype)
         gs = g.sum(0)  # (10,)
         db1 = w2.t() @ gs  # (128,)
         if ctx.kernel is not None:
             dh, _, dw1, dw2 = ctx.kernel.chain_backward(g, h, m, w1, w2)
             return (dh if ctx.needs_input_grad[0] else None), dw1, db1, torch.addr(dw2, gs, b1), gs, None
-        dh = g @ m if ctx.needs_input_grad[0] else None  # (B, 3136), in h's column order
+        dh = (g @ m).to(h_dtype) if ctx.needs_input_grad[0] else None  # (B, 3136), in h's column order
         a = g.t() @ h  # (10, 3136)
         if ctx.channels_last:
             a = _to_chw(a)

@@ -88,9 +88,11 @@ def summary(model: nn.Module, input_shape=(1, 1, 28, 28)) -> str:
     forward = getattr(model, "forward_reference", model)
     was_training = model.training
     model.eval()
+    param = next(model.parameters(), None)  # the probe goes where the weights are (CUDA, CPU)
+    device = param.device if param is not None else torch.device("cpu")
     try:
         with torch.no_grad():
-            forward(torch.zeros(input_shape))
+            forward(torch.zeros(input_shape, device=device))
     finally:
         for h in hooks:
             h.remove()

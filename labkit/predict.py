@@ -13,6 +13,7 @@ from .config import DEFAULT_CHECKPOINT, display_path
 from .preprocess import METHODS, ImageError
 from .preprocess import preprocess as preprocess_image  # the parameter `preprocess` names the method
 from .checkpoint import CheckpointError, load_checkpoint, predict_proba
+from .device import DeviceError, torch_device
 
 
 def target_from_name(name) -> int | None:
@@ -29,12 +30,16 @@ class Predictor:
         self.checkpoint = path
         if not path.is_file():
             raise CheckpointError(f"{display_path(path)}: model checkpoint not found")
+        try:  # a device this machine lacks is named as such, not reported as an unreadable checkpoint
+            device = torch_device(device)
+        except DeviceError as e:
+            raise DeviceError(f"{display_path(path)}: cannot load onto {e}") from None
         try:
             self.model, self.ckpt = load_checkpoint(path, device=device)
         except Exception as e:  # torch raises many kinds for a bad file
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{display_path(path)}: not a readable labkit checkpoint ({reason})") from None
-        self.device = torch.device(device)
+        self.device = device
         self.normalize = bool(self.ckpt.get("config", {}).get("normalize", False))
         self.model_name = self.ckpt.get("model", "?")
 

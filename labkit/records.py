@@ -13,7 +13,7 @@ import torch
 
 from .config import PROJECT_ROOT
 from .data import MNIST_SHA256
-from .device import device_name
+from .device import cuda_versions, device_name
 
 CSV_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "seconds")
 
@@ -40,8 +40,8 @@ def git_commit() -> str:
 
 
 def provenance(device: torch.device | str = "cpu") -> dict:
-    """Where a result came from: commit, versions, data checksums, device, time."""
-    return {
+    """Where a result came from: commit, versions, data checksums, device (on CUDA: CUDA, cuDNN, flags), time."""
+    prov = {
         "git_commit": git_commit(),
         "python": platform.python_version(),
         "torch": str(torch.__version__),
@@ -53,6 +53,9 @@ def provenance(device: torch.device | str = "cpu") -> dict:
         "platform": platform.platform(),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if str(device).startswith("cuda"):
+        prov.update(cuda_versions(device))
+    return prov
 
 
 def atomic_write(path, write) -> None:

@@ -299,10 +299,10 @@ class RunFolder:
 
 def runs_dir(cfg: TrainConfig) -> Path:
     """outputs/runs/<protocol>: where a config's runs live on this machine, so reruns resume (see protocol_name)."""
-    from .device import resolve_device, resolve_precision
+    from .device import setup_run
 
-    device = resolve_device(cfg.device)
-    return OUTPUTS_DIR / "runs" / protocol_name(cfg, device.type, resolve_precision(cfg.precision, device, cfg.model))
+    setup = setup_run(cfg)
+    return OUTPUTS_DIR / "runs" / protocol_name(cfg, setup.device.type, setup.precision)
 
 
 def protocol_name(cfg: TrainConfig, device_type: str, precision: str) -> str:

@@ -1,6 +1,7 @@
 """The one training path: the epoch loop of a run, and the runs loop that writes metrics.json."""
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -10,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig, display_path
+from .config import AUGMENT_SEED_OFFSET, TrainConfig, display_path
 from .data import mnist_tensors, to_input
-from .device import resolve_device, resolve_precision
+from .device import apply, setup_run
 from .models import build_model
 from .records import provenance
 from .runfolder import RunFolder
@@ -27,11 +28,17 @@ class TrainingStopped(Exception):
 def augment(x: torch.Tensor, gen: torch.Generator, background: float = 0.0,
             degrees=10.0, scale=0.1, shift=2.0) -> torch.Tensor:
     """Random rotation, scaling and shift of each digit (bilinear); uncovered pixels get `background`."""
-    b = x.shape[0]
-    r = lambda: torch.rand(b, generator=gen, device=gen.device) * 2 - 1  # uniform in [-1, 1]
-    angle = r() * math.radians(degrees)
-    s = 1 + r() * scale
-    tx, ty = r() * shift * 2 / 28, r() * shift * 2 / 28
+    u = torch.rand(4, x.shape[0], generator=gen, device=gen.device)
+    return jitter(x, u.to(x.device), background, degrees, scale, shift)
+
+
+def jitter(x: torch.Tensor, u: torch.Tensor, background: float = 0.0,
+           degrees=10.0, scale=0.1, shift=2.0) -> torch.Tensor:
+    """augment() with its random numbers given: u (4, B) uniform in [0, 1) for angle, scale, x shift, y shift."""
+    angle, s, tx, ty = u * 2 - 1  # each uniform in [-1, 1]
+    angle = angle * math.radians(degrees)
+    s = 1 + s * scale
+    tx, ty = tx * shift * 2 / 28, ty * shift * 2 / 28
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(x)  # (B, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -60,9 +67,11 @@ def report_test_counting(ev: dict, y: torch.Tensor) -> dict:
             "test_loss": ev["losses"][last:].mean().item()}
 
 
-def _sgd(model, cfg: TrainConfig) -> torch.optim.SGD:
+def _sgd(model, cfg: TrainConfig, device: torch.device) -> torch.optim.SGD:
     """The recipe's SGD; the fused implementation (one kernel for all parameters) where torch has it."""
     kw = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    if device.type not in ("cpu", "cuda"):  # torch refuses fused SGD elsewhere, and only at the first step
+        return torch.optim.SGD(model.parameters(), **kw)
     try:
         return torch.optim.SGD(model.parameters(), fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):  # older torch, or a device without fused SGD
@@ -73,9 +82,21 @@ def _flush_subnormal(grad: torch.Tensor) -> torch.Tensor:
     return grad.masked_fill(grad.abs() < _TINY, 0.0)
 
 
+def one_cycle(opt, peak: float, total: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """torch's one-cycle schedule over `total` steps: a quarter warming up from peak/10, then annealing to peak/1000.
+
+    Under five steps the warm-up would span one step or less (exactly one makes torch divide by zero), so
+    the cycle is then its annealing half alone.
+    """
+    pct_start = 0.25 if total * 0.25 > 1 else 0.0
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=total, pct_start=pct_start,
+                                               div_factor=10, final_div_factor=100)
+
+
 def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | None = None,
               on_epoch=None, progress=None, stop: threading.Event | None = None) -> dict:
-    """Train one run of `cfg`; returns {seed, epochs: [...], ...}. Numbers depend only on cfg.
+    """Train one run of `cfg`; returns {seed, precision, setup, epochs: [...], ...}. Numbers depend only on cfg
+    and the device type: a GPU repeats its own numbers (setup_run's determinism), not the CPU's.
 
     With `stop` set (from another thread), training ends after the current step by raising
     TrainingStopped; the epochs finished before it are already in `checkpoint` and on_epoch's files.
@@ -84,30 +105,34 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
     # pixels) saturates its softmax, so its logit gradients fill with subnormals. Flush-to-zero
     # covers threads started after this; the logits hook below covers the rest.
     torch.set_flush_denormal(True)
-    device = resolve_device(cfg.device)
+    setup = setup_run(cfg)  # device, precision, TF32 and determinism: decided once, recorded with the result
+    apply(setup)
+    device, precision = setup.device, setup.precision
     data = data if data is not None else mnist_tensors(cfg.limit_train, device)
-    x_train, y_train, x_test, y_test = data["x_train"], data["y_train"], data["x_test"], data["y_test"]
+    # data loaded for another device (mnist_tensors() defaults to the CPU) moves once, not per batch
+    x_train, y_train, x_test, y_test = (data[k].to(device) for k in ("x_train", "y_train", "x_test", "y_test"))
     n = len(x_train)
     torch.manual_seed(cfg.seed)  # as the report: seeds initialisation and the shuffle
-    model = build_model(cfg.model).to(device)
-    precision = resolve_precision(cfg.precision, device, cfg.model)
+    model = build_model(cfg.model).to(device)  # initialised on the CPU: the same weights on every device
     amp = precision == "bf16"
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     # oneDNN's convolutions want NHWC on CPU: in bf16 ~3x faster than fp32 NCHW on an AMX CPU; the
     # improved model's max-pool and BatchNorm are faster in NHWC in fp32 too (benchmarks/NOTES.md)
     channels_last = device.type == "cpu" and (amp or getattr(model, "channels_last", False))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = _sgd(model, cfg)
+    opt = _sgd(model, cfg, device)
     steps = math.ceil(n / cfg.batch_size)
     sched = None
     if cfg.schedule == "onecycle":
         total = cfg.epochs * steps
         peak = cfg.lr * min(1.0, total / cfg.min_peak_steps)  # short runs (cheap notebook defaults) need a lower peak
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak, total_steps=total,
-                                                    pct_start=0.25, div_factor=10, final_div_factor=100)
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003) if cfg.augment else None
+        sched = one_cycle(opt, peak, total)
+    # Augmentation numbers come from a CPU generator on every device (a CUDA generator draws others), an epoch's at once
+    aug_gen = torch.Generator().manual_seed(cfg.seed + AUGMENT_SEED_OFFSET) if cfg.augment else None
     background = to_input(torch.zeros((), dtype=torch.uint8), cfg.normalize).item()  # a 0 pixel as the model sees it
-    result = {"seed": cfg.seed, "precision": precision, "provenance": provenance(device), "epochs": [], "wall_seconds": 0.0}
+    result = {"seed": cfg.seed, "precision": precision, "setup": setup.record(), "provenance": provenance(device),
+              "epochs": [], "wall_seconds": 0.0}
     first11 = torch.arange(n, device=device) % cfg.batch_size < 11  # the report's `if i > outputs.shape[1]: break`
     sizes = torch.full((steps,), float(cfg.batch_size), device=device)  # samples per batch
     sizes[-1] = n - (steps - 1) * cfg.batch_size
@@ -123,15 +148,17 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
         pred = torch.empty(n, dtype=torch.long, device=device)  # prediction for each sample, in epoch order
         t0 = time.perf_counter()
         x_epoch, y_epoch = x_train.index_select(0, perm), y_train.index_select(0, perm)  # one gather per epoch; batches are then slices
+        # the draws augment() makes batch by batch (4 per image, batch after batch), moved to the device once
+        aug_u = torch.rand(4 * n, generator=aug_gen).to(device) if aug_gen is not None else None
         for b in range(steps):
             batch = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
             x = to_input(x_epoch[batch], cfg.normalize)  # (B, 1, 28, 28)
             y = y_epoch[batch]
-            if aug_gen is not None:
-                x = augment(x, aug_gen, background)
+            if aug_u is not None:
+                x = jitter(x, aug_u[4 * batch.start:4 * batch.start + 4 * len(y)].view(4, -1), background)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with autocast():
                 logits = model(x)  # (B, 10)
             if logits.requires_grad and device.type == "cpu":
                 logits.register_hook(_flush_subnormal)
@@ -193,8 +220,8 @@ def train_runs(cfg: TrainConfig, runs: int = 1, out_dir=None, resume: bool = Tru
 
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise ValueError(f"runs must be a whole number >= 1, not {runs!r}")
-    device = resolve_device(cfg.device)
-    setup = (device.type, resolve_precision(cfg.precision, device, cfg.model))
+    run_setup = setup_run(cfg)
+    device, setup = run_setup.device, (run_setup.device.type, run_setup.precision)
     folder = RunFolder(out_dir) if out_dir is not None else None
     if folder is not None:
         folder.prepare(wait=wait)

@@ -47,6 +47,14 @@ def test_kernel_builds_where_there_is_a_compiler():
     assert fastpath.kernel() is not None, fastpath.kernel_error()
 
 
+def test_kernel_first_used_inside_autocast_is_built(level, monkeypatch):
+    """A process whose first use of the kernel is inside bf16 autocast (`--model baseline --precision bf16`) gets it."""
+    monkeypatch.setattr(fastpath, "_kernels", {})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        k = fastpath.kernel(level.level)
+    assert k is not None and k.path == level.path, fastpath.kernel_error(level.level)
+
+
 def test_level_vector_width(level):
     """The build's vector width follows the level: 4 floats SSE, 8 AVX2, 16 AVX-512 (native: what the CPU has)."""
     flags = device.cpu_flags()
@@ -117,8 +125,12 @@ def test_conv_pool_any_shape_and_dtype_through_torch_ops():
     assert torch.autograd.gradcheck(torch.ops.labkit.conv_pool, (x, w, b))
 
 
-def test_baseline_under_bf16_autocast_trains():
-    """--precision bf16 with the baseline: the op runs in fp32 inside autocast, the chain in bf16; gradients are fp32 and close."""
+@pytest.mark.parametrize("path", ["default", "fallback"])
+def test_baseline_under_bf16_autocast_trains(path, request):
+    """--precision bf16 with the baseline: the op (or, off the kernel, torch's conv) inside autocast, the chain in
+    bf16; gradients are fp32 and close. Off the kernel the conv output is bf16, as on every GPU."""
+    if path == "fallback":
+        request.getfixturevalue("no_kernel")
     x, y = _digits(64)
     torch.manual_seed(3)
     model = BaselineCNN()
@@ -132,6 +144,24 @@ def test_baseline_under_bf16_autocast_trains():
     for p, r in zip(model.parameters(), ref_g):
         assert p.grad.dtype == torch.float32
         torch.testing.assert_close(p.grad, r, rtol=0.05, atol=0.05 * r.abs().max().item())
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 28, 28), (2, 3, 10, 12)])
+@pytest.mark.parametrize("path", ["default", "fallback"])
+def test_conv_pool_under_autocast_returns_what_its_fake_promises(path, shape, request):
+    """Under bf16 autocast the op's output dtype (kernel or torch's ops) is the one its registered fake gives."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    if path == "fallback":
+        request.getfixturevalue("no_kernel")
+    torch.manual_seed(0)
+    x, w, b = torch.randn(*shape), torch.randn(5 if shape[1] == 3 else 16, shape[1], 3, 3), torch.randn(5 if shape[1] == 3 else 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        real = torch.ops.labkit.conv_pool(x, w, b)
+        with FakeTensorMode() as mode:
+            fake = torch.ops.labkit.conv_pool(mode.from_tensor(x), mode.from_tensor(w), mode.from_tensor(b))
+    assert real.dtype == fake.dtype == torch.float32 and real.shape == fake.shape
+    torch.testing.assert_close(real, F.max_pool2d(F.conv2d(x, w, b, padding=1), 2), rtol=1e-5, atol=1e-4)
 
 
 def test_linear_chain_matches_two_linear_layers():

@@ -20,8 +20,9 @@ from labkit.config import recipe
 
 pytest.importorskip("ray.tune")  # the `sweep` extra (installed by `make test`)
 
+# pinned to the CPU: the tests compare trials with runs and with each other exactly (CUDA's numbers differ)
 TINY = ["--model", "baseline", "--grid", "lr=1e-4,1e-3", "--seeds", "1-2", "--epochs", "1", "--limit-train", "500",
-        "--cpus-per-trial", "1"]
+        "--cpus-per-trial", "1", "--device", "cpu"]
 NAMES = ["lr=0.0001,seed=1", "lr=0.0001,seed=2", "lr=0.001,seed=1", "lr=0.001,seed=2"]
 KILLED = helpers.KILLED_TRIAL
 
@@ -84,10 +85,10 @@ def test_one_result_per_trial_each_equal_to_a_single_training_run(local_sweep, s
     assert s["provenance"]["ray"] and s["provenance"]["cpus_per_trial"] == 1
     data = {**small_data, "x_train": small_data["x_train"][:500], "y_train": small_data["y_train"][:500]}
     for t in s["trials"]:
-        cfg = recipe("baseline", lr=t["config"]["lr"], seed=t["seed"], epochs=1, limit_train=500)
+        cfg = recipe("baseline", lr=t["config"]["lr"], seed=t["seed"], epochs=1, limit_train=500, device="cpu")
         assert t["config"] == cfg.to_dict()  # every TrainConfig field
-        assert len(t["epochs"]) == 1 and t["provenance"]["cpu_threads"] == 1
-        alone = _one_thread(lambda: train_run(cfg.replace(device="cpu"), data=data))["epochs"][0]
+        assert len(t["epochs"]) == 1 and t["provenance"]["cpu_threads"] == 1 and t["provenance"]["device"] == "cpu"
+        alone = _one_thread(lambda: train_run(cfg, data=data))["epochs"][0]
         mine = t["epochs"][0]
         for k in ("train_acc", "test_acc"):  # to the printed digits (the table prints 4)
             assert f"{mine[k]:.4f}" == f"{alone[k]:.4f}", (t["name"], k)
@@ -108,9 +109,9 @@ def test_a_trial_equals_labkit_train_with_the_same_flags(local_sweep, tmp_path, 
     _, out = local_sweep
     trial = next(t for t in sweep.load_sweep(out)["trials"] if t["name"] == "lr=0.001,seed=2")
     assert _one_thread(lambda: cli_main(["train", "--model", "baseline", "--lr", "1e-3", "--seed", "2", "--epochs", "1",
-                                         "--limit-train", "500", "--out", str(tmp_path / "alone")])) == 0
+                                         "--limit-train", "500", "--device", "cpu", "--out", str(tmp_path / "alone")])) == 0
     alone = json.loads((tmp_path / "alone" / "metrics.json").read_text())
-    assert alone["config"] == {**trial["config"], "device": "auto"}
+    assert alone["config"] == trial["config"]
     assert _strip(alone["runs"][0]["epochs"]) == _strip(trial["epochs"])
 
 

@@ -266,8 +266,11 @@ def _spy_epochs(panel) -> list[tuple]:
     return seen
 
 
-def test_trainpanel_trains_through_train_runs_and_reports_progress(tmp_path):
+def test_trainpanel_trains_through_train_runs_and_reports_progress(tmp_path, monkeypatch):
     from labkit.train import train_runs
+
+    # the panel trains on device "auto": pinned to the CPU, where the panel's run and the direct one agree exactly
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
     panel = TrainPanel(model="baseline", epochs=1, limit_train=640, out_dir=tmp_path / "panel")
     assert panel.state == "idle" and panel.stop_button.disabled and not panel.train_button.disabled
