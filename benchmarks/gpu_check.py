@@ -8,7 +8,7 @@ data on the GPU, and CPU data given to a CUDA run; one baseline epoch under
 torch.cuda.set_sync_debug_mode("warn") (no synchronising call from step 2 to the last) with its
 accuracy against the shipped CPU run's epoch 1; the same seed twice (identical); CPU and CUDA batch order
 (identical inputs); the baseline in bf16; the improved recipe for one epoch, its checkpoint re-evaluated
-on the CPU (within 2 test images); train_runs in a thread with Stop; summary, input_gradients and
+on the CPU (within 2 test images); train_runs in a thread with Stop; layer_table, input_gradients and
 Predictor("cuda"); fp32 convolution error against float64 with TF32 on and off; seconds per epoch of
 both models, with the report's protocol (10 x 50 epochs) and the improved one (10 x 5) extrapolated.
 Without a GPU it prints one line and exits 0; it exits 1 if any check fails.
@@ -310,12 +310,12 @@ def check_stop(c: Checks, torch) -> None:
 
 def check_inference(c: Checks, torch, ctx) -> None:
     from labkit.checkpoint import input_gradients
-    from labkit.models import build_model, summary
+    from labkit.models import build_model, layer_table
     from labkit.predict import Predictor
 
     for name in ("baseline", "improved"):
-        text = summary(build_model(name).cuda())
-        c.check(f"summary() of a CUDA {name}", "a table with a total", text.splitlines()[-1].split()[0],
+        text = layer_table(build_model(name).cuda())
+        c.check(f"layer_table() of a CUDA {name}", "a table with a total", text.splitlines()[-1].split()[0],
                 text.splitlines()[-1].startswith("total"))
     x = ctx["data"]["x_test"][:4]
     model = ctx["improved_model"]
@@ -394,7 +394,7 @@ def main(argv=None) -> int:
                 ("baseline in bf16", lambda: check_baseline_bf16(c, torch, args.limit_train, ctx)),
                 ("improved recipe", lambda: check_improved(c, torch, args.limit_train, ctx)),
                 ("train_runs with Stop", lambda: check_stop(c, torch)),
-                ("summary, input_gradients, Predictor", lambda: check_inference(c, torch, ctx)),
+                ("layer_table, input_gradients, Predictor", lambda: check_inference(c, torch, ctx)),
                 ("TF32", lambda: check_tf32(c, torch)),
                 ("speed", lambda: check_speed(c, torch, args.limit_train, args.epochs_timed, ctx))]
     for name, run in sections:

@@ -227,12 +227,6 @@ def load_mnist(split: str, root=None) -> tuple[np.ndarray, np.ndarray]:
     return _load(split, Path(root) if root is not None else MNIST_DIR)
 
 
-def mnist_checksums(root=None) -> dict[str, str]:
-    """The verified SHA-256 of each MNIST file (loading verifies them)."""
-    load_mnist("train", root), load_mnist("test", root)
-    return dict(MNIST_SHA256)
-
-
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # of the training pixels scaled to [0, 1]
 
 

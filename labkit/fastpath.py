@@ -34,7 +34,6 @@ _V2 = {"cx16", "lahf_lm", "popcnt", "pni", "sse4_1", "sse4_2", "ssse3"}
 _V3 = _V2 | {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
 _V4 = _V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
 LEVEL_FLAGS = {"x86-64-v2": frozenset(_V2), "x86-64-v3": frozenset(_V3), "x86-64-v4": frozenset(_V4)}
-LEVEL_ISA = {"x86-64-v2": "SSE4.2", "x86-64-v3": "AVX2+FMA", "x86-64-v4": "AVX-512"}
 
 _kernels: dict[str, "Kernel | None"] = {}  # level -> the loaded build (None: failed), once per process
 _errors: dict[str, str] = {}
@@ -318,16 +317,16 @@ def kernel_error(level: str | None = None) -> str:
 # ---------------------------------------------------------------- the op
 
 
-def _fits_kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == bias.dtype == torch.float32
+def _fits_kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """The shapes and dtypes the compiled kernel takes: CPU fp32 (B, 1, 28, 28), 16 3x3 filters."""
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and x.dim() == 4 and tuple(x.shape[1:]) == (1, 28, 28) and tuple(weight.shape) == (16, 1, 3, 3)
-            and tuple(bias.shape) == (16,))
+            and (bias is None or (bias.dtype == torch.float32 and tuple(bias.shape) == (16,))))
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether conv_pool runs the compiled kernel for this input: CPU fp32 (B, 1, 28, 28), kernel available."""
-    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and x.dim() == 4
-            and tuple(x.shape[1:]) == (1, 28, 28) and tuple(weight.shape) == (16, 1, 3, 3) and kernel() is not None)
+    """Whether conv_pool runs the compiled kernel for this input: it fits, and the kernel is available."""
+    return _fits_kernel(x, weight) and kernel() is not None
 
 
 def _reference_backward(grad, x, weight, bias, mask):

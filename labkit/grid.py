@@ -19,7 +19,8 @@ DEFAULT_CPUS_PER_TRIAL = 1
 DEFAULT_GPUS_PER_TRIAL = 0.25  # where the cluster has GPUs: four small trials share one
 MAX_SEEDS = 10_000  # seeds in one sweep (the README's cluster study uses 1,500)
 _NOT_IN_GRID = {"seed": "give seeds with --seeds (e.g. --seeds 1-3)",
-                "model": "give the model with --model (each model has its own recipe)"}
+                "model": "give the model with --model (each model has its own recipe)",
+                "device": "give the device with --device (the trials of a sweep share one)"}
 
 
 class SweepError(ValueError):

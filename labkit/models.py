@@ -76,7 +76,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def summary(model: nn.Module, input_shape=(1, 1, 28, 28)) -> str:
+def layer_table(model: nn.Module, input_shape=(1, 1, 28, 28)) -> str:
     """Layer by layer: name, type, output shape, parameters (a forward pass on zeros, in eval mode)."""
     rows, hooks = [], []
     for name, module in model.named_modules():

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import OUTPUTS_DIR, ConfigError, TrainConfig, recipe
-from .grid import (DEFAULT_CPUS_PER_TRIAL, DEFAULT_GPUS_PER_TRIAL, FINAL_KEYS, SweepError, format_points, parse_grid,
+from .grid import (DEFAULT_CPUS_PER_TRIAL, FINAL_KEYS, SweepError, format_points, parse_grid,
                    parse_seeds, plan)
 from .records import atomic_write, save_json
 from .runfolder import RunFolder, RunFolderError, fresh_dir
@@ -250,12 +250,14 @@ class _Sweep:
         self.sweep["trials"] = [self.done[t["name"]] for t in self.trials if t["name"] in self.done]  # plan order
         _write_outputs(self.out, self.sweep)
 
-    def tune(self, pending: list[dict], cpt: int, gpt: float) -> None:
+    def tune(self, pending: list[dict], cpt: int, gpt: float, device: str) -> None:
         """The pending trials as one Tune experiment: resources, retries, result tables."""
         from ray import tune
 
         state, max_failures = self, self.settings.max_failures
-        specs = {t["name"]: {**t, "threads": cpt, "resume": self.settings.resume} for t in pending}
+        # a trial holding no GPU share trains on the CPU: Ray hides no GPU from it, so "auto" would find one
+        specs = {t["name"]: {**t, "config": {**t["config"], "device": device}, "threads": cpt,
+                             "resume": self.settings.resume} for t in pending}
 
         class Collect(tune.Callback):
             """Takes each finished trial's record as Tune reports it, and keeps sweep.json current."""
@@ -307,35 +309,39 @@ class _Sweep:
             ours = not _ray_initialized()  # else: the caller's own ray.init(), left running
             ray = _start_ray(address) if ours else sys.modules["ray"]
             try:
-                cpt, gpt, cluster = _resources(ray, self.settings.cpus_per_trial, self.settings.gpus_per_trial, pending)
+                cpt, gpt, device, cluster = _resources(ray, self.settings.cpus_per_trial, self.settings.gpus_per_trial,
+                                                       pending[0]["config"]["device"])
                 prov = self.sweep["provenance"]
                 prov.update(ray=ray.__version__, address=address or "local instance (127.0.0.1)",
                             cluster_cpus=cluster["cpus"], cluster_gpus=cluster["gpus"], cpus_per_trial=cpt,
-                            gpus_per_trial=gpt, max_failures=self.settings.max_failures)
+                            gpus_per_trial=gpt, trial_device=device, max_failures=self.settings.max_failures)
                 at_once = int(cluster["cpus"] // cpt)
                 if gpt:
                     at_once = min(at_once, int(cluster["gpus"] // gpt))
                 print(f"ray {ray.__version__}, {prov['address']}: {cluster['cpus']:g} CPUs, {cluster['gpus']:g} GPUs; "
-                      f"per trial {cpt} CPU(s){f' and {gpt:g} GPU' if gpt else ''}: up to {at_once} trials at once",
-                      flush=True)
-                self.tune(pending, cpt, gpt)
+                      f"per trial {cpt} CPU(s){f' and {gpt:g} GPU' if gpt else ''} on {device}: up to {at_once} trials "
+                      "at once", flush=True)
+                self.tune(pending, cpt, gpt, device)
             finally:
                 self.save()
                 if ours:
                     ray.shutdown()
 
 
-def _resources(ray, cpus_per_trial, gpus_per_trial, pending) -> tuple[int, float, dict]:
-    """CPUs and GPUs per trial, checked against the cluster; and what the cluster has."""
+def _resources(ray, cpus_per_trial, gpus_per_trial, device: str) -> tuple[int, float, str, dict]:
+    """CPUs and GPUs per trial and the device trials train on, checked against the cluster; and what it has."""
+    from .device import trial_resources
+
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
     cpt = cpus_per_trial or DEFAULT_CPUS_PER_TRIAL
-    gpt = gpus_per_trial if gpus_per_trial is not None else (DEFAULT_GPUS_PER_TRIAL if gpus else 0)
+    try:
+        gpt, trial_device = trial_resources(device, gpus, gpus_per_trial)
+    except ValueError as e:
+        raise SweepError(str(e)) from None
     if cpt > cpus or gpt > gpus:
         raise SweepError(f"a trial asks for {cpt} CPU(s) and {gpt:g} GPU(s), the Ray cluster has {cpus:g} and {gpus:g}")
-    if gpt == 0 and any(t["config"]["device"] == "cuda" for t in pending):
-        raise SweepError("device 'cuda' asked for, but the trials get no GPU (give --gpus-per-trial)")
-    return cpt, gpt, {"cpus": cpus, "gpus": gpus}
+    return cpt, gpt, trial_device, {"cpus": cpus, "gpus": gpus}
 
 
 def run(model: str = "baseline", grid=None, seeds="1", epochs: int | None = None, limit_train: int | None = None,

@@ -70,3 +70,44 @@ def test_resolve_device_and_precision():
     assert resolve_precision("auto", cpu, "improved") == ("bf16" if torch.cpu._is_amx_tile_supported() else "fp32")
     with pytest.raises(DeviceError, match="precision must be one of"):
         resolve_precision("fp16", cpu)
+
+
+def _installed_copy(tmp_path):
+    """The package alone in a site folder, as `pip install .` or a wheel leaves it: no data/ beside it."""
+    import shutil
+
+    from labkit.config import PACKAGE_DIR
+
+    site = tmp_path / "site"
+    shutil.copytree(PACKAGE_DIR, site / "labkit", ignore=shutil.ignore_patterns("__pycache__"))
+    return site
+
+
+def _labkit(site, *args, cwd, env_extra=()):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "LABKIT_ROOT"} | {"PYTHONPATH": str(site), **dict(env_extra)}
+    return subprocess.run([sys.executable, "-m", "labkit", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_non_editable_install_outside_the_checkout_says_what_to_do(tmp_path):
+    site = _installed_copy(tmp_path)
+    proc = _labkit(site, "predict", "x.png", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "is a labkit checkout" in proc.stderr and "LABKIT_ROOT" in proc.stderr and "pip install -e ." in proc.stderr
+    proc = _labkit(site, "predict", "x.png", cwd=tmp_path, env_extra={"LABKIT_ROOT": str(tmp_path)})
+    assert proc.returncode == 2 and f"LABKIT_ROOT={tmp_path} is not a labkit checkout" in proc.stderr, proc.stderr
+
+
+def test_a_non_editable_install_finds_the_checkout_from_labkit_root_or_the_current_folder(tmp_path):
+    from labkit.config import CUSTOM_DIR, PROJECT_ROOT
+
+    site = _installed_copy(tmp_path)
+    image = sorted(CUSTOM_DIR.glob("*.png"))[0]
+    for cwd, extra in ((tmp_path, {"LABKIT_ROOT": str(PROJECT_ROOT)}), (PROJECT_ROOT / "notebooks", {})):
+        proc = _labkit(site, "predict", "--json", str(image), cwd=cwd, env_extra=extra)
+        assert proc.returncode == 0, proc.stderr
+        assert '"digit"' in proc.stdout

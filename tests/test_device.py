@@ -12,7 +12,7 @@ from labkit import device as dev
 from labkit.checkpoint import CheckpointError, input_gradients
 from labkit.config import DEFAULT_CHECKPOINT, PROJECT_ROOT, recipe
 from labkit.device import DeviceError, RunSetup
-from labkit.models import build_model, summary
+from labkit.models import build_model, layer_table
 from labkit.predict import Predictor
 from labkit.train import one_cycle, train_run
 
@@ -169,9 +169,9 @@ def test_dry_run_on_the_meta_device_has_no_host_read_in_the_step_loop(model, sma
 
 
 def test_summary_and_input_gradients_follow_the_models_device(small_data):
-    """The probe of summary() and the targets of input_gradients() are built on the model's device (meta here)."""
+    """The probe of layer_table() and the targets of input_gradients() are built on the model's device (meta here)."""
     model = build_model("improved").to("meta")
-    assert "total" in summary(model) and "(10,)" in summary(model)
+    assert "total" in layer_table(model) and "(10,)" in layer_table(model)
     saliency = input_gradients(model, small_data["x_test"][:3], normalize=True, target=[1, 2, 3])
     assert saliency.shape == (3, 28, 28) and saliency.device.type == "meta"
     baseline = build_model("baseline")

@@ -213,7 +213,7 @@ def test_ctrl_c_keeps_finished_trials_and_a_rerun_completes_the_rest(tmp_path, r
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, stderr[-3000:]
-    assert "run the same command again" in stderr and "Traceback" not in stderr
+    assert "run the same command again" in stderr and "Traceback" not in stderr and "Tuner.restore" not in stderr
     kept = sweep.load_sweep(out)["trials"]
     assert 1 <= len(kept) < 8, "Ctrl-C came after every trial had finished: make the trials longer"
     capsys.readouterr()
@@ -281,3 +281,53 @@ def test_the_same_sweep_on_a_separately_started_cluster(local_sweep, tmp_path, t
         log.close()
     leftover = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True).stdout.split()
     assert not leftover, f"processes of the test cluster still running: {leftover}"
+
+
+def test_a_second_sweep_on_the_same_out_is_refused_in_one_line(tmp_path, capsys):
+    from labkit.runfolder import RunFolder
+
+    out = tmp_path / "sweep"
+    holder = RunFolder(out)
+    holder.prepare()  # as a running sweep holds it
+    try:
+        assert cli_main(["sweep", *TINY, "--out", str(out)]) == 2
+    finally:
+        holder.release()
+    err = capsys.readouterr().err
+    assert err.startswith("labkit sweep: error: ") and err.count("\n") == 1 and "being written by process" in err
+    assert not (out / "sweep.json").exists()
+
+
+def test_too_many_seeds_is_one_line_at_once(tmp_path, capsys):
+    t0 = time.perf_counter()
+    assert cli_main(["sweep", "--model", "baseline", "--seeds", "1-100000000", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "more than 10,000 seeds" in err and err.count("\n") == 1 and not (tmp_path / "s").exists()
+    assert time.perf_counter() - t0 < 5  # no list of a hundred million seeds is built
+
+
+def test_an_unwritable_home_is_one_line_saying_what_to_set(tmp_path):
+    env = {**os.environ, "HOME": "/proc/labkit-no-home"}  # /proc takes no new folders, even from root
+    proc = subprocess.run([sys.executable, "-m", "labkit", "sweep", *TINY, "--out", str(tmp_path / "s")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and "set HOME to a writable folder" in proc.stderr, proc.stderr
+
+
+def test_a_diverged_trial_is_recorded_and_drawn_as_diverged(tmp_path, ray_tmp):
+    import json as _json
+
+    from labkit import grid as sweep_grid
+    from labkit import plots
+
+    out = tmp_path / "sweep"
+    s = sweep.run("baseline", ["lr=1e-4,1e308"], "1", epochs=1, limit_train=256, cpus_per_trial=1, out_dir=out,
+                  device="cpu", verbose=0)
+    bad = next(t for t in s["trials"] if t["config"]["lr"] == 1e308)
+    good = next(t for t in s["trials"] if t["config"]["lr"] == 1e-4)
+    assert bad["diverged"] == {"epoch": 1, "step": 1} and not good["diverged"]
+    _json.loads((out / "sweep.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in sweep.json"))
+    rows = {r["lr"]: r for r in sweep_grid.point_rows(s)}
+    assert (rows[1e308]["n"], rows[1e308]["diverged"]) == (0, 1) and (rows[1e-4]["n"], rows[1e-4]["diverged"]) == (1, 0)
+    fig = plots.sweep_accuracy(s, "lr")
+    assert any("diverged" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
