@@ -68,7 +68,9 @@ REPORT_TABLE = {
 
 
 # The allowed values of TrainConfig's choice fields, declared once (the CLI's choices come from here).
-MODEL_NAMES = ("baseline", "improved")  # "baseline": the report's Net; "improved": labkit's CNN
+# "baseline": the report's Net; "improved": labkit's CNN; the rest are ablation variants (notebook 06):
+# the report's Net with ReLUs, with BatchNorm too, and the improved CNN with residual connections
+MODEL_NAMES = ("baseline", "improved", "baseline_relu", "baseline_bn", "residual")
 PRECISIONS = ("fp32", "bf16", "auto")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("constant", "onecycle")
@@ -134,6 +136,8 @@ class TrainConfig:
 # Each model's full recipe: only what differs from the report's defaults.
 RECIPES: dict[str, dict] = {
     "baseline": {},
+    "baseline_relu": {"model": "baseline_relu"},
+    "baseline_bn": {"model": "baseline_bn"},
     "improved": dict(
         model="improved", epochs=5, batch_size=128, lr=0.2, momentum=0.9, nesterov=True,
         weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, normalize=True, augment=True,
@@ -141,6 +145,7 @@ RECIPES: dict[str, dict] = {
         precision="auto",  # bf16 on AMX CPUs and GPUs; fp32 elsewhere, where 5 epochs cost ~14 of the report's (NOTES)
     ),
 }
+RECIPES["residual"] = {**RECIPES["improved"], "model": "residual"}  # the improved recipe, residual connections
 
 
 def recipe(model: str = "baseline", **overrides) -> TrainConfig:

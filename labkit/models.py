@@ -1,4 +1,5 @@
-"""BaselineCNN (the report's Net), the improved model, and a name -> model registry."""
+"""BaselineCNN (the report's Net) and its ablation variants, the improved model and its residual variant,
+and a name -> model registry."""
 from __future__ import annotations
 
 import torch
@@ -36,6 +37,36 @@ class BaselineCNN(nn.Module):
         return self.fc(out)  # (B, 10)
 
 
+class BaselineReLU(BaselineCNN):
+    """The report's Net with a ReLU after the pooled convolution and between its linear layers (ablation rung)."""
+
+    def forward(self, x):  # (B, 1, 28, 28) float
+        conv, fc1, fc2 = self.conv[0], self.fc[0], self.fc[1]
+        if fastpath.usable(x, conv.weight):  # max-pool and ReLU commute: ReLU(pool(conv)) is pool(ReLU(conv))
+            h = torch.ops.labkit.conv_pool(x, conv.weight, conv.bias).flatten(1)  # (B, 3136), NHWC memory
+        else:
+            h = self.conv(x).flatten(1)  # (B, 3136)
+        return fc2(torch.relu(fc1(torch.relu(h))))  # (B, 10)
+
+    def forward_reference(self, x):
+        """Plain torch layers: conv, ReLU, pool, linear, ReLU, linear."""
+        h = self.conv[1](torch.relu(self.conv[0](x))).flatten(1)  # (B, 3136)
+        return self.fc[1](torch.relu(self.fc[0](h)))
+
+
+class BaselineBN(nn.Module):
+    """BaselineReLU with BatchNorm after the convolution (ablation rung): conv, BN, ReLU, pool, linear, ReLU, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, 16, kernel_size=3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.MaxPool2d(kernel_size=2))
+        self.fc = nn.Sequential(nn.Linear(16 * 14 * 14, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def forward(self, x):  # (B, 1, 28, 28)
+        return self.fc(self.conv(x).flatten(1))  # (B, 10)
+
+
 def _conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
@@ -61,7 +92,33 @@ class ImprovedCNN(nn.Module):
         return self.head(h.amax(dim=(2, 3)))  # (B, 10): global max pool
 
 
-MODELS = dict(zip(MODEL_NAMES, (BaselineCNN, ImprovedCNN)))  # names from labkit.config
+class _Residual(nn.Module):
+    """conv3x3-BN beside a 1x1 conv-BN shortcut, summed, then ReLU (ResNet's projection shortcut)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.main = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return torch.relu(self.main(x) + self.shortcut(x))
+
+
+class ResidualCNN(ImprovedCNN):
+    """ImprovedCNN with residual connections: each 3x3 layer gains a 1x1 projection shortcut (about 11 % more
+    multiply-adds), the residual connections the report's conclusion proposes."""
+
+    def __init__(self, c1: int = 32, c2: int = 64, c3: int = 128):
+        super().__init__(c1, c2, c3)
+        self.features = nn.Sequential(
+            _conv_bn(1, c1, 5, stride=2),  # (B, c1, 14, 14)
+            _Residual(c1, c2),  # (B, c2, 14, 14)
+            nn.MaxPool2d(2),  # (B, c2, 7, 7)
+            _Residual(c2, c3),  # (B, c3, 7, 7)
+        )
+
+
+MODELS = dict(zip(MODEL_NAMES, (BaselineCNN, ImprovedCNN, BaselineReLU, BaselineBN, ResidualCNN)))  # names from config
 
 
 def build_model(name: str) -> nn.Module:
