@@ -121,9 +121,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """The `labkit` command. Output never stops the work: text the terminal's encoding lacks is
+    replaced, a reader that goes away (`| head -n1`) only ends the printing, warnings are one line."""
+    import warnings
+
+    from .progress import PipeSafe
+
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+    saved = sys.stdout, sys.stderr, warnings.formatwarning
+    sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)
+    command = ""  # the subcommand, once parsed
+
+    def one_line(message, *_args, **_kwargs) -> str:
+        return f"labkit{' ' + command if command else ''}: warning: {message}\n"
+
+    warnings.formatwarning = one_line
     try:
+        args = build_parser().parse_args(argv)
+        command = args.command
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted: finished epochs, runs and notebooks stay on disk", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk, a read-only or unwritable folder: one line, not a traceback
+        from .records import WriteError
+        from .safeio import WRITE_PROBLEMS
+
+        if isinstance(e, WriteError):
+            return _fail(command, e)
+        import errno
+
+        if e.errno in WRITE_PROBLEMS and e.errno not in (errno.ENOENT, errno.EISDIR) and e.filename is not None:
+            return _fail(command, f"{e.filename}: {WRITE_PROBLEMS[e.errno]}")  # the disk or its permissions
+        raise  # anything else is labkit's defect: its traceback is wanted
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        sys.stdout, sys.stderr, warnings.formatwarning = saved

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,8 @@ SCHEDULES = ("constant", "onecycle")
 N_TRAIN = 60_000  # MNIST training images
 PREPROCESSING = ("mnist", "report")  # how a picture becomes a 28x28: MNIST-style (default) or the report's readImage
 OLD_MODEL_NAMES = {"seed": "baseline"}  # model names in files written before the rename
+AUGMENT_SEED_OFFSET = 1_000_003  # the augmentation generator's seed is the run's seed plus this
+MAX_SEED = 2**63 - 1 - AUGMENT_SEED_OFFSET  # so that seed + AUGMENT_SEED_OFFSET still fits torch's int64 seed
 
 
 class ConfigError(ValueError):
@@ -81,6 +84,12 @@ class TrainConfig:
         if self.limit_train is not None and (isinstance(self.limit_train, bool) or not isinstance(self.limit_train, int)
                                              or not 1 <= self.limit_train <= N_TRAIN):
             raise ConfigError(f"limit_train must be None or 1..{N_TRAIN:,}, not {self.limit_train!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be a whole number in 0..{MAX_SEED}, not {self.seed!r}")
+        for name in ("lr", "weight_decay", "momentum", "label_smoothing"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, not {value!r}")
         if not self.lr > 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"need lr > 0, 0 <= momentum < 1, weight_decay >= 0, 0 <= label_smoothing < 1 "
                               f"(got lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay}, "
