@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import (DEVICES, MAX_SEED, MODEL_NAMES, N_TRAIN, PRECISIONS, PREPROCESSING, REPORT_TABLE,
+from .config import (DEVICES, MODEL_NAMES, N_TRAIN, PRECISIONS, PREPROCESSING, REPORT_TABLE,
                      ConfigError, recipe)
 
 
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", required=True, choices=MODEL_NAMES, help="baseline: the report's network")
     t.add_argument("--epochs", type=int_in(1), help="default: the model's full recipe (baseline: 50)")
     t.add_argument("--runs", type=int_in(1), default=1, help="independent runs, seeds S, S+1, ... (default 1)")
-    t.add_argument("--seed", type=int_in(0, MAX_SEED), help="random seed of the first run (default: the recipe's, 1)")
+    t.add_argument("--seed", type=int, help="random seed of the first run (default: the recipe's, 1)")
     t.add_argument("--limit-train", type=int_in(1, N_TRAIN), help=f"train on the first N (1..{N_TRAIN}) training images only")
     t.add_argument("--lr", type=_positive_float, help="peak learning rate (default: the recipe's)")
     t.add_argument("--batch-size", type=int_in(1), help="default: the recipe's, 128")
@@ -210,15 +210,48 @@ def cmd_sweep(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from .config import ProjectNotFound, require_project
+    """The `labkit` command. Output never stops the work: text the terminal's encoding lacks is
+    replaced, a reader that goes away (`| head -n1`) only ends the printing, warnings are one line."""
+    import warnings
 
+    from .progress import PipeSafe
+
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+    saved = sys.stdout, sys.stderr, warnings.formatwarning
+    sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)
+    command = ""  # the subcommand, once parsed
+
+    def one_line(message, *_args, **_kwargs) -> str:
+        return f"labkit{' ' + command if command else ''}: warning: {message}\n"
+
+    warnings.formatwarning = one_line
     try:
-        require_project()
-    except ProjectNotFound as e:
-        return _fail(args.command, e)
-    try:
+        args = build_parser().parse_args(argv)
+        command = args.command
+        from .config import ProjectNotFound, require_project
+
+        try:
+            require_project()
+        except ProjectNotFound as e:
+            return _fail(command, e)
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted: finished epochs, runs and notebooks stay on disk", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk, a read-only or unwritable folder: one line, not a traceback
+        from .records import WriteError
+        from .safeio import WRITE_PROBLEMS
+
+        if isinstance(e, WriteError):
+            return _fail(command, e)
+        import errno
+
+        if e.errno in WRITE_PROBLEMS and e.errno not in (errno.ENOENT, errno.EISDIR) and e.filename is not None:
+            return _fail(command, f"{e.filename}: {WRITE_PROBLEMS[e.errno]}")  # the disk or its permissions
+        raise  # anything else is labkit's defect: its traceback is wanted
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        sys.stdout, sys.stderr, warnings.formatwarning = saved

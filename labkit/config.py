@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,12 @@ class TrainConfig:
         if self.limit_train is not None and (isinstance(self.limit_train, bool) or not isinstance(self.limit_train, int)
                                              or not 1 <= self.limit_train <= N_TRAIN):
             raise ConfigError(f"limit_train must be None or 1..{N_TRAIN:,}, not {self.limit_train!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be a whole number in 0..{MAX_SEED}, not {self.seed!r}")
+        for name in ("lr", "weight_decay", "momentum", "label_smoothing"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, not {value!r}")
         if not self.lr > 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"need lr > 0, 0 <= momentum < 1, weight_decay >= 0, 0 <= label_smoothing < 1 "
                               f"(got lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay}, "

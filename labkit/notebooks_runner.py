@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import ast
 import difflib
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
-from .config import NOTEBOOKS_DIR, PARAMS_DIR
-from .safeio import ReadRefused, read_regular
+from .config import NOTEBOOKS_DIR, PARAMS_DIR, display_path
+from .safeio import WRITE_PROBLEMS, ReadRefused, read_regular
 
 MAX_PARAMS_BYTES = 1_000_000  # a params file is a few lines; refuse anything absurd unread
 
@@ -186,6 +188,33 @@ def select(notebooks: list[Path], only) -> list[Path]:
     return [nb for nb in notebooks if nb in picked]
 
 
+def _refuse_source_folder(out_dir, notebooks_dir) -> Path:
+    """out_dir resolved; ParamsError when it is (or lies inside) the folder of the source notebooks."""
+    out, source = Path(out_dir).resolve(), Path(notebooks_dir).resolve()
+    if out == source or source in out.parents:
+        raise ParamsError(f"--out {out_dir}: is {'' if out == source else 'inside '}the notebooks folder "
+                          f"{display_path(source)}, whose notebooks the executed copies would overwrite; "
+                          "choose another folder (default: outputs/notebooks-TIMESTAMP)")
+    return out
+
+
+def check_writable(out: Path, given) -> None:
+    """Create the folder `out` (`given` as the user wrote it) and a file in it; ParamsError with
+    one line when either cannot be done."""
+    if out.exists() and not out.is_dir():
+        raise ParamsError(f"--out {given}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".labkit-write-test-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        why = WRITE_PROBLEMS.get(e.errno) or e.strerror or type(e).__name__
+        if isinstance(e, FileExistsError):
+            why = "a folder on its path is a file"
+        raise ParamsError(f"--out {given}: cannot write there ({why})") from None
+
+
 def export_html(nb_path: Path) -> Path:
     """Write NAME.html beside an executed notebook."""
     import nbformat
@@ -201,11 +230,13 @@ def run_notebooks(params_file=None, out_dir=None, only=None, notebooks_dir=NOTEB
     """Check everything, then run every notebook (or `only` those named) into out_dir.
 
     Returns 0 when all ran, 1 when one failed (the run stops there). Raises ParamsError, before
-    anything is executed or written, for an unusable params file, --only or out_dir.
+    anything is executed or written, for an unusable params file, --only or out_dir (the notebooks
+    folder itself, a file, under a file, or a folder that cannot be written).
     """
     params_file = Path(params_file) if params_file is not None else PARAMS_DIR / "full.yaml"
     if out_dir is None:
         raise ParamsError("no output folder given")
+    given, out_dir = out_dir, _refuse_source_folder(out_dir, notebooks_dir)  # resolved: notebooks run with cwd=out_dir
     params = load_params(params_file)
     notebooks = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
@@ -213,13 +244,10 @@ def run_notebooks(params_file=None, out_dir=None, only=None, notebooks_dir=NOTEB
     selected = select(notebooks, only)
     parameters = {nb.stem: _parameters(nb) for nb in notebooks}  # the whole file is checked, not only
     chosen = check_params(params, params_file, parameters)  # the sections of the selected notebooks
-    out_dir = Path(out_dir).resolve()  # notebooks run with cwd=out_dir: relative paths would nest
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ParamsError(f"{out_dir}: exists and is not a folder")
+    check_writable(out_dir, given)  # the first thing written, once everything else is known to be right
 
     import papermill as pm
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     print(f"run-notebooks: {len(selected)} notebook(s), parameters from {params_file}, into {out_dir}", flush=True)
     for nb in selected:
         target = out_dir / nb.name

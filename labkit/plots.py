@@ -41,7 +41,7 @@ def mean_and_histogram(images):
 
 
 def _epochs(run, key):
-    return np.array([e[key] for e in run["epochs"]])
+    return np.array([e[key] for e in run["epochs"]], dtype=float)  # a diverged run's nulls as NaN
 
 
 def curves(metrics: dict, title: str = "", report_counting: bool = False, reference: dict | None = None,

@@ -12,7 +12,7 @@ import torch
 from .config import DEFAULT_CHECKPOINT, display_path
 from .preprocess import METHODS, ImageError
 from .preprocess import preprocess as preprocess_image  # the parameter `preprocess` names the method
-from .checkpoint import CheckpointError, load_checkpoint, predict_proba
+from .checkpoint import CheckpointError, load_checkpoint, nonfinite_weights, predict_proba
 from .device import DeviceError, torch_device
 
 
@@ -28,17 +28,22 @@ class Predictor:
     def __init__(self, checkpoint=None, device: str = "cpu"):
         path = Path(checkpoint) if checkpoint not in (None, "") else DEFAULT_CHECKPOINT
         self.checkpoint = path
-        if not path.is_file():
-            raise CheckpointError(f"{display_path(path)}: model checkpoint not found")
         try:  # a device this machine lacks is named as such, not reported as an unreadable checkpoint
             device = torch_device(device)
         except DeviceError as e:
             raise DeviceError(f"{display_path(path)}: cannot load onto {e}") from None
         try:
             self.model, self.ckpt = load_checkpoint(path, device=device)
-        except Exception as e:  # torch raises many kinds for a bad file
+        except CheckpointError:
+            raise
+        except Exception as e:  # whatever load_checkpoint's checks do not foresee: still one line
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{display_path(path)}: not a readable labkit checkpoint ({reason})") from None
+        bad = nonfinite_weights(self.model)
+        if bad:  # it would predict "0 (probability nan)" for every picture
+            shown = ", ".join(bad[:3]) + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")
+            raise CheckpointError(f"{display_path(path)}: weights not finite (NaN or infinite in {shown}): the run "
+                                  "that wrote it diverged; retrain with a lower learning rate")
         self.device = device
         self.normalize = bool(self.ckpt.get("config", {}).get("normalize", False))
         self.model_name = self.ckpt.get("model", "?")
@@ -78,7 +83,8 @@ class Predictor:
 def run_cli(images: list[str], checkpoint: str | None = None, preprocess: str = "mnist",
             as_json: bool = False) -> int:
     """`labkit predict`: a line per image; 0 when all were predicted, 1 if any failed, 2 if the
-    model or arguments are unusable. Never lets a traceback reach the user."""
+    model or arguments are unusable, 141 when stdout's reader went away before the end (cli.main
+    makes that quiet). Never lets a traceback reach the user."""
     try:
         if preprocess not in METHODS:
             raise ValueError(f"--preprocess must be one of {', '.join(METHODS)}, not {preprocess!r}")
@@ -90,6 +96,8 @@ def run_cli(images: list[str], checkpoint: str | None = None, preprocess: str = 
         return 2
     failed = 0
     for path in images:
+        if getattr(sys.stdout, "broken", False):  # its reader has gone (`| head -n1`): stop, quietly
+            return 141  # what a shell reports for a writer whose pipe closed
         r = predictor.predict_file(path, preprocess=preprocess)
         if "error" in r:
             failed += 1

@@ -82,13 +82,19 @@ def open_image(source, name=None, draft: int | None = None) -> tuple[Image.Image
     ``draft``: for JPEG, let the decoder shrink by 1/2, 1/4 or 1/8 while keeping both sides at least
     this large (much faster for big photos).
     """
+    img, name, _ = _open(source, name, draft)
+    return img, name
+
+
+def _open(source, name=None, draft: int | None = None) -> tuple[Image.Image, str, tuple[int, int]]:
+    """open_image, plus the picture's size in the file (before any draft reduction)."""
     data, name = _read_source(source, name)
     if isinstance(data, Image.Image):  # opened by the caller: decode it here, errors named
         try:
             data.load()
         except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
             raise ImageError(name, f"corrupt or truncated image data ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-        return data, name
+        return data, name, tuple(data.size)
     if len(data) == 0:
         raise ImageError(name, "empty file (0 bytes), not an image")
     with warnings.catch_warnings():
@@ -96,6 +102,7 @@ def open_image(source, name=None, draft: int | None = None) -> tuple[Image.Image
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data))
+            size = tuple(img.size)
             if draft and img.format == "JPEG":
                 img.draft(img.mode, (draft, draft))
             img.load()
@@ -110,7 +117,38 @@ def open_image(source, name=None, draft: int | None = None) -> tuple[Image.Image
             if "truncated" in msg.lower() or isinstance(e, EOFError):
                 raise ImageError(name, f"truncated image file ({msg})") from None
             raise ImageError(name, f"corrupt or truncated image data ({msg})") from None
-    return img, name
+    return img, name, size
+
+
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}  # EXIF orientation -> the transpose that undoes it
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """img turned as its EXIF orientation says (Pillow's exif_transpose). A corrupt EXIF block
+    (a tag of the wrong type, a truncated block) only costs the metadata: the orientation tag
+    alone when it can be read, else the picture as stored."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data" warnings: handled here
+        try:
+            return ImageOps.exif_transpose(img)
+        except Exception:  # Pillow fails rewriting the EXIF block, after reading the orientation
+            pass
+        try:
+            method = _TRANSPOSE.get(img.getexif().get(0x0112, 1))
+        except Exception:  # the orientation itself unreadable (or unhashable)
+            method = None
+    return img.transpose(method) if method is not None else img
+
+
+def read_upright(source, name=None, draft: int | None = None) -> tuple[Image.Image, str, tuple[int, int]]:
+    """How every picture is read, by `labkit predict`, the widgets and both views of it: (decoded
+    image turned upright, name, its upright size in the file); ImageError for anything unusable."""
+    img, name, (w, h) = _open(source, name, draft)
+    turned = upright(img)
+    swapped = turned.size != img.size
+    return turned, name, ((h, w) if swapped else (w, h))
 
 
 def _bomb_size(data: bytes, e: Exception) -> str:
@@ -349,16 +387,34 @@ def center_of_mass(a: np.ndarray) -> tuple[float, float]:
     return float(rows), float(cols)
 
 
-def mnist_from_gray(gray: np.ndarray, name: str = "<image>") -> np.ndarray:
-    """The MNIST-style steps on a float (H, W) [0, 1] grayscale picture (any polarity)."""
+def _too_small(name, size: tuple[int, int], seen: tuple[int, int]) -> ImageError | None:
+    """The refusal of a picture whose short side is under 2 pixels as analysed (`seen`), naming
+    its size in the file; None when it is large enough."""
+    if min(seen) >= 2:
+        return None
+    w, h = size
+    if min(w, h) < 2:
+        return ImageError(name, f"image of {w}x{h} pixels is too small to hold a digit (both sides need 2 pixels or more)")
+    return ImageError(name, f"image of {w}x{h} pixels is too narrow to hold a digit (reduced to "
+                            f"{seen[0]}x{seen[1]} for analysis, its short side is under 2 pixels)")
+
+
+def mnist_from_gray(gray: np.ndarray, name: str = "<image>", size: tuple[int, int] | None = None) -> np.ndarray:
+    """The MNIST-style steps on a float (H, W) [0, 1] grayscale picture (any polarity); `size`:
+    (width, height) of the picture in its file, for messages (default: gray's)."""
     h, w = gray.shape
-    if h < 2 or w < 2:
-        raise ImageError(name, f"image of {w}x{h} pixels is too small to hold a digit")
+    size = size or (w, h)
+    problem = _too_small(name, size, (w, h))
+    if problem:
+        raise problem
     if max(h, w) > WORK_SIDE:  # downscale huge photos before the heavy steps
         f = WORK_SIDE / max(h, w)
         gray = np.asarray(Image.fromarray(gray).resize((max(1, round(w * f)), max(1, round(h * f))),
                                                        Image.Resampling.BOX), dtype=np.float32)
         h, w = gray.shape
+        problem = _too_small(name, size, (w, h))
+        if problem:
+            raise problem
 
     ink = (1.0 - gray) if _light_background(gray) else gray.copy()  # ink bright from here on
 
@@ -427,18 +483,17 @@ def mnist_from_gray(gray: np.ndarray, name: str = "<image>") -> np.ndarray:
 
 def mnist_preprocess(image, name=None) -> np.ndarray:
     """MNIST-style: uint8 (28, 28), 0 background, 255 ink, digit in 20x20, centred by mass."""
-    img, name = open_image(image, name, draft=2 * WORK_SIDE)
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block: keep the stored orientation
-        pass
+    img, name, size = read_upright(image, name, draft=2 * WORK_SIDE)
     w, h = img.size
+    problem = _too_small(name, size, (w, h))
+    if problem:
+        raise problem
     if max(w, h) > 4 * WORK_SIDE:  # cheap reduction of huge-but-legal pictures before conversion
         try:
             img = img.reduce(max(1, max(w, h) // (2 * WORK_SIDE)))
         except ValueError:  # a mode reduce does not support: to_gray and the resize handle it
             pass
-    return mnist_from_gray(to_gray(img), name)
+    return mnist_from_gray(to_gray(img), name, size)
 
 
 def preprocess(image, method: str = "mnist", name=None) -> np.ndarray:
@@ -452,8 +507,7 @@ def preprocess(image, method: str = "mnist", name=None) -> np.ndarray:
 
 def as_viewed(source, name=None) -> Image.Image:
     """The picture as an image viewer shows it: EXIF-rotated, any other mode as the grayscale the pipeline starts from."""
-    img, _ = open_image(source, name)
-    img = ImageOps.exif_transpose(img)
+    img, _, _ = read_upright(source, name)
     if img.mode not in ("RGB", "L"):  # alpha over white, palettes, 16-bit scans
         img = Image.fromarray(np.round(to_gray(img) * 255).astype(np.uint8))
     return img

@@ -1,18 +1,38 @@
 """Bounded reads of user-named files: regular files only, nothing read past a stated size."""
 from __future__ import annotations
 
+import errno
+import json
 import os
 import stat
 
 CHUNK = 1 << 20  # read and decompress in 1 MiB steps
 
 
-class ReadRefused(ValueError):
-    """A file that must not (or cannot) be read; `problem` says why in a few words."""
+# Why a write failed, in words, for the errors a user can act on (errno -> problem).
+WRITE_PROBLEMS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EFBIG: "file too large (over the file size limit)",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a folder on its path is a file",
+    errno.ENOENT: "its folder does not exist",
+    errno.EISDIR: "it is a folder",
+}
+if hasattr(errno, "EDQUOT"):
+    WRITE_PROBLEMS[errno.EDQUOT] = "disk quota exceeded"
+JSON_LIMIT = 64 * 2**20  # metrics, sweep and trial records are kilobytes; anything this large is not one
 
-    def __init__(self, problem: str):
+
+class ReadRefused(ValueError):
+    """A file that must not (or cannot) be read; `problem` says why in a few words, and the
+    message names the file when `path` is given."""
+
+    def __init__(self, problem: str, path=None):
         self.problem = problem
-        super().__init__(problem)
+        self.path = path
+        super().__init__(problem if path is None else f"{path}: {problem}")
 
 
 def _kind(mode: int) -> str | None:
@@ -88,12 +108,26 @@ def read_regular(path, limit: int, what: str = "a regular file") -> bytes:
     return data
 
 
-def read_json(path, limit: int = 64 * 2**20, what: str = "a JSON file"):
-    """A JSON document from a regular file of at most `limit` bytes; ReadRefused or ValueError otherwise."""
-    import json
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
-    data = read_regular(path, limit, what)
+
+def read_json(path, limit: int = JSON_LIMIT, what: str = "a JSON file") -> object:
+    """The value of a strict JSON file (UTF-8, no NaN or Infinity) of at most `limit` bytes, read as
+    read_regular reads; ReadRefused naming the file otherwise."""
     try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        data = read_regular(path, limit, what)
+    except ReadRefused as e:
+        raise ReadRefused(e.problem, path) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ReadRefused(f"not UTF-8 text (byte {e.start})", path) from None
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise ReadRefused(f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", path) from None
+    except ValueError as e:  # NaN or Infinity, which strict JSON readers refuse
+        raise ReadRefused(f"not strict JSON ({e})", path) from None
+    except RecursionError:
+        raise ReadRefused("not usable JSON (nested too deeply)", path) from None

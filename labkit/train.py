@@ -5,6 +5,7 @@ import contextlib
 import math
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from .config import AUGMENT_SEED_OFFSET, TrainConfig, display_path
 from .data import mnist_tensors, to_input
 from .device import apply, setup_run
 from .models import build_model
-from .records import provenance
+from .records import finite_json, provenance
 from .runfolder import RunFolder
 
 _TINY = torch.finfo(torch.float32).tiny  # smallest normal fp32
@@ -194,6 +195,13 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
                 **rep,
             },
         }
+        not_finite = ~torch.isfinite(batch_loss)
+        bad_batch = bool(not_finite.any())  # one check per epoch, beside the .item() calls above
+        diverged = bad_batch or not math.isfinite(ev["loss"])  # or the epoch's last step made the weights so
+        if diverged:  # a NaN or infinite loss never recovers: record where, keep the numbers JSON can hold
+            step = int(not_finite.nonzero()[0, 0]) + 1 if bad_batch else steps
+            row = finite_json(row)
+            result["diverged"] = {"epoch": epoch, "step": step}
         result["epochs"].append(row)
         result["wall_seconds"] = round(time.perf_counter() - t_run, 3)  # training + evaluation so far
         if checkpoint is not None:
@@ -202,6 +210,10 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
             on_epoch(result, row)
         if progress is not None:
             progress.epoch_done(row)
+        if diverged:
+            warnings.warn(f"seed {cfg.seed} diverged at epoch {epoch}, step {step} (loss not finite); "
+                          "lower the learning rate", RuntimeWarning, stacklevel=2)
+            break
     result["final_model"] = model
     return result
 

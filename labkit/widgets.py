@@ -22,7 +22,8 @@ from PIL import Image
 
 from . import plots  # imported here, on the kernel's thread (pyplot), not first in a training thread
 from .config import MODEL_NAMES, PACKAGE_DIR, display_path, recipe
-from .preprocess import ImageError, as_viewed
+from .preprocess import as_viewed
+from .progress import number_text  # a diverged run's nulls print as "nan"
 
 THUMB = 112  # side of the pictures shown, in screen pixels
 STATIC_DIR = PACKAGE_DIR / "static"  # the DrawPad's JavaScript and CSS, shipped as package data
@@ -35,10 +36,17 @@ def _png(img: Image.Image) -> bytes:
 
 
 def _thumbnail(content: bytes, name: str) -> bytes:
-    """PNG of the uploaded picture as a viewer shows it (EXIF-rotated, alpha over white)."""
+    """PNG of the uploaded picture as a viewer shows it (EXIF-rotated, alpha over white), read as
+    the prediction reads it (preprocess.read_upright)."""
     img = as_viewed(content, name)
     img.thumbnail((4 * THUMB, 4 * THUMB))
     return _png(img)
+
+
+def _error_card(name: str, error: str) -> widgets.Widget:
+    """The card of a file that could not be predicted: its name and why, as `labkit predict` prints it."""
+    return widgets.HTML(f"<div style='color:#a40000;padding:4px'>&#9888; <b>{html.escape(name)}</b>: "
+                        f"{html.escape(error)}</div>")
 
 
 def _model_view(arr28: np.ndarray) -> bytes:
@@ -105,18 +113,21 @@ class PredictPanel(widgets.VBox):
         super().__init__([title, widgets.HBox([self.upload, self.button]), self.result], **kwargs)
 
     def predict(self, files: list[tuple[str, bytes]]) -> list[dict]:
-        """Predict [(name, bytes)] and show them; returns (and stores) the predictions."""
+        """Predict [(name, bytes)] and show them, one card per file (an unreadable one says why, as
+        `labkit predict` does); returns (and stores) the predictions."""
         preds, cards = [], []
         for name, content in files:
-            r = self.predictor.predict_file(content, name=name, preprocess=self.method)
+            try:
+                r = self.predictor.predict_file(content, name=name, preprocess=self.method)
+                card = None if "error" in r else self._card(name, content, r)
+            except Exception as e:  # one file's failure must not cost the others their cards
+                r = {"name": name, "error": f"cannot use this file ({type(e).__name__}: {e})".splitlines()[0]}
             if "error" in r:
                 preds.append({"name": name, "error": r["error"]})
-                cards.append(widgets.HTML(
-                    f"<div style='color:#a40000;padding:4px'>&#9888; <b>{html.escape(name)}</b>: "
-                    f"{html.escape(r['error'])}</div>"))
+                cards.append(_error_card(name, r["error"]))
                 continue
             preds.append({"name": name, "digit": r["digit"], "probabilities": r["probabilities"]})
-            cards.append(self._card(name, content, r))
+            cards.append(card)
         if not files:
             cards.append(widgets.HTML("<i>Upload one or more images first, then press Predict.</i>"))
         self.predictions = preds
@@ -142,7 +153,7 @@ class PredictPanel(widgets.VBox):
             picture = widgets.Image(value=_thumbnail(content, name), format="png",
                                     layout=widgets.Layout(max_width=f"{THUMB}px", max_height=f"{THUMB}px",
                                                           object_fit="contain"))
-        except (ImageError, OSError, ValueError):
+        except Exception:  # the prediction stands; only the picture cannot be shown
             picture = widgets.HTML("<i>(no preview)</i>")
         seen = widgets.Image(value=_model_view(r["input"]), format="png", width=THUMB, height=THUMB)
         labelled = lambda w, caption: widgets.VBox([w, widgets.HTML(f"<small>{caption}</small>")],
@@ -380,8 +391,8 @@ def epochs_table_html(rows: list[dict]) -> str:
                    for h in ("epoch", "train loss", "train acc", "test loss", "test acc", "seconds"))
     body = "".join(
         "<tr>" + "".join(f"<td style='padding:1px 8px;text-align:right'>{v}</td>" for v in (
-            r["epoch"], f"{r['train_loss']:.4f}", f"{r['train_acc']:.4f}", f"{r['test_loss']:.4f}",
-            f"{r['test_acc']:.4f}", f"{r.get('seconds', float('nan')):.1f}")) + "</tr>"
+            r["epoch"], *(number_text(r.get(k), ".4f") for k in ("train_loss", "train_acc", "test_loss", "test_acc")),
+            number_text(r.get("seconds"), ".1f"))) + "</tr>"
         for r in rows)
     return f"<table style='font-size:12px;border-collapse:collapse'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 

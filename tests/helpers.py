@@ -98,3 +98,24 @@ def trial_killed_once(config, specs):
         marker.write_text(f"pid {os.getpid()} killed itself\n")
         os.kill(os.getpid(), signal.SIGKILL)
     run_trial(config, specs)
+def jpeg_with_exif_entries(img, entries) -> bytes:
+    """JPEG bytes of img whose EXIF block is a little-endian TIFF IFD of raw (tag, type, count,
+    4-byte value) entries, written as given: wrong types and all."""
+    ifd = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        ifd += struct.pack("<HHI", tag, kind, count) + value
+    ifd += struct.pack("<I", 0) + b"\x01\x00\x00\x00\x00\x00\x00\x00"
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95, exif=b"Exif\x00\x00" + ifd)
+    return buf.getvalue()
+
+
+ORIENTATION_6 = (0x0112, 3, 1, struct.pack("<HH", 6, 0))  # EXIF orientation 6 (stored turned 90 degrees), a valid SHORT
+
+
+def corrupt_exif_jpegs(img) -> dict[str, bytes]:
+    """Two JPEGs of img with orientation 6 and a corrupt EXIF block that Pillow's exif_transpose
+    fails on when it rewrites the block: XResolution as a BYTE (TypeError) and ResolutionUnit
+    as a BYTE holding text (struct.error)."""
+    return {"type_error.jpg": jpeg_with_exif_entries(img, [ORIENTATION_6, (0x011A, 1, 1, b"abcd")]),
+            "struct_error.jpg": jpeg_with_exif_entries(img, [ORIENTATION_6, (0x0128, 1, 1, b"abcd")])}

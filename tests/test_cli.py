@@ -146,3 +146,114 @@ def test_predict_bad_checkpoint_or_method(capsys, tmp_path):
     assert run_cli([str(IMAGES[0])], None, "fancy", True) == 2
     out, err = capsys.readouterr()
     assert out == "" and "Traceback" not in err and len(err.strip().splitlines()) == 3
+
+
+# -- the output streams and the disk: real processes, real pipes
+
+
+def labkit_process(*argv, env=None, **kw) -> subprocess.Popen:
+    """`python -m labkit ARGV` with this checkout's package, stdout and stderr piped."""
+    import os
+    from labkit.config import PROJECT_ROOT
+
+    full_env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "labkit", *map(str, argv)], env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_predict_into_a_pipe_closed_after_one_line_exits_quietly():
+    """`labkit predict a b c ... | head -n1`."""
+    proc = labkit_process("predict", *(IMAGES * 3))
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what head does after its line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) in (0, 141)
+    assert first.startswith(f"{IMAGES[0]}: ") and err == ""
+
+
+def test_train_into_a_pipe_closed_after_one_line_trains_on(tmp_path):
+    """`labkit train ... | head -n1`: the progress stream closing never stops training."""
+    out = tmp_path / "run"
+    proc = labkit_process("train", "--model", "baseline", "--epochs", "3", "--limit-train", "256", "--device", "cpu",
+                          "--out", out)
+    assert proc.stdout.readline().startswith("training 1 run(s) of 'baseline'")
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, err
+    assert err == ""
+    assert [e["epoch"] for e in json.loads((out / "metrics.json").read_text())["runs"][0]["epochs"]] == [1, 2, 3]
+
+
+def test_a_diverging_run_stops_in_one_line_under_an_ascii_terminal(tmp_path):
+    """--lr 1e308 with PYTHONIOENCODING=ascii: the run is marked diverged, metrics.json is strict
+    JSON, the table's dashes are replaced rather than fatal, and predict refuses the NaN weights."""
+    out = tmp_path / "run"
+    proc = labkit_process("train", "--model", "baseline", "--epochs", "3", "--limit-train", "256", "--lr", "1e308",
+                          "--device", "cpu", "--out", out, env={"PYTHONIOENCODING": "ascii"})
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("labkit train: warning: seed 1 diverged at epoch 1, step "), stderr
+    assert lines[0].endswith(" (loss not finite); lower the learning rate")
+    assert "Test accuracy ? baseline" in stdout  # "—" replaced
+
+    def no_constants(name):
+        raise AssertionError(f"bare {name} in metrics.json")
+
+    run = json.loads((out / "metrics.json").read_text(), parse_constant=no_constants)["runs"][0]
+    step = int(lines[0].split("step ")[1].split()[0])
+    assert run["diverged"] == {"epoch": 1, "step": step} and 1 <= step <= 2  # 256 images: 2 steps of 128
+    assert len(run["epochs"]) == 1 and run["epochs"][0]["train_loss"] is None  # stopped at the epoch it diverged
+    predict = labkit_process("predict", "--checkpoint", out / "run-seed1.pt", IMAGES[0])
+    p_out, p_err = predict.communicate(timeout=120)
+    assert predict.returncode == 2 and p_out == ""
+    assert p_err.startswith("labkit predict: error: ") and "weights not finite" in p_err and len(p_err.splitlines()) == 1
+
+
+def test_predict_on_a_non_ascii_path_under_the_c_locale(tmp_path):
+    image = tmp_path / f"{target_from_name(IMAGES[0].name)}_ziffer_für_dich.png"
+    image.write_bytes(IMAGES[0].read_bytes())
+    proc = labkit_process("predict", image, env={"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"})
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and stderr == ""
+    # under the C locale the path's two UTF-8 bytes of "ü" arrive as two undecodable bytes: each printed as "?"
+    assert stdout.startswith(str(image).replace("ü", "??") + f": {target_from_name(IMAGES[0].name)} (probability ")
+
+
+def test_a_seed_out_of_range_is_one_line_before_any_data_loads(tmp_path):
+    out = tmp_path / "run"
+    proc = labkit_process("train", "--model", "baseline", "--seed", "99999999999999999999999", "--out", out)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and stdout == ""
+    assert stderr.startswith("labkit train: error: seed must be a whole number in 0..") and len(stderr.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_full_disk_during_training_is_one_line_and_leaves_no_temporary(tmp_path):
+    """A real full disk (a 1 MiB tmpfs) where the test may mount one, else RLIMIT_FSIZE of 1 MiB
+    on the training process (SIGXFSZ ignored): the 1.6 MB checkpoint of epoch 1 does not fit."""
+    import os
+    import resource
+    import shutil
+    import signal
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = os.geteuid() == 0 and shutil.which("mount") is not None and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode == 0
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
+
+    try:
+        out = disk / "run"
+        proc = labkit_process("train", "--model", "baseline", "--epochs", "2", "--limit-train", "256", "--device", "cpu",
+                              "--out", out, env={"LABKIT_NO_KERNEL": "1"}, preexec_fn=None if mounted else limit)
+        stdout, stderr = proc.communicate(timeout=300)
+        why = "no space left on device" if mounted else "file too large (over the file size limit)"
+        assert proc.returncode == 2 and stderr == f"labkit train: error: cannot write {out / 'run-seed1.pt'}: {why}\n"
+        assert [p.name for p in out.iterdir()] == [".lock"]  # nothing half-written, no temporary; the lock file stays
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(disk)], check=True)

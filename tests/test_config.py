@@ -18,7 +18,7 @@ def test_defaults_are_the_reports_recipe():
 
 
 def test_every_model_has_a_recipe_and_a_class():
-    assert tuple(RECIPES) == MODEL_NAMES == tuple(MODELS)
+    assert set(RECIPES) == set(MODEL_NAMES) == set(MODELS)
     for name in MODEL_NAMES:
         assert recipe(name).model == name
 
@@ -47,6 +47,26 @@ def test_bad_values_are_refused_in_one_line(field, value, message):
     with pytest.raises(ConfigError, match=message) as err:
         TrainConfig(**{field: value})
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("field", ["lr", "weight_decay", "momentum", "label_smoothing"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_numbers_are_refused(field, value):
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(**{field: value})
+    assert str(err.value) == f"{field} must be a finite number, not {value!r}"
+
+
+def test_seed_must_fit_torch_with_the_augmentation_offset():
+    from labkit.config import AUGMENT_SEED_OFFSET, MAX_SEED
+
+    assert MAX_SEED + AUGMENT_SEED_OFFSET == 2**63 - 1  # torch.Generator.manual_seed takes int64 without wrapping
+    for seed in (0, MAX_SEED):
+        assert TrainConfig(seed=seed).seed == seed
+    torch.Generator().manual_seed(MAX_SEED + AUGMENT_SEED_OFFSET)
+    for seed in (-1, MAX_SEED + 1, 99999999999999999999999, True, 1.0):
+        with pytest.raises(ConfigError, match=f"seed must be a whole number in 0..{MAX_SEED}, not"):
+            TrainConfig(seed=seed)
 
 
 def test_choice_lists_are_the_ones_the_cli_offers():

@@ -114,3 +114,21 @@ def test_predicting_does_not_import_the_training_code():
 
     code = "import sys, labkit.predict; print('labkit.train' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.strip() == "False"
+
+
+def test_a_checkpoint_that_is_a_folder_a_device_or_nan_says_what_it_is(tmp_path):
+    from labkit.checkpoint import CheckpointError
+
+    ckpt = torch.load(DEFAULT_CHECKPOINT, weights_only=True)
+    state = {k: v.clone() for k, v in ckpt["state_dict"].items()}
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name].view(-1)[0] = float("nan")
+    torch.save({**ckpt, "state_dict": state}, tmp_path / "nan.pt")
+    expect = {tmp_path: "is a directory, not a labkit checkpoint",
+              "/dev/zero": "is a character device, not a labkit checkpoint",
+              tmp_path / "nan.pt": f"weights not finite (NaN or infinite in {name}): the run that wrote it diverged; "
+                                   "retrain with a lower learning rate"}
+    for path, words in expect.items():
+        with pytest.raises(CheckpointError) as e:
+            Predictor(path)
+        assert str(e.value).endswith(f": {words}") and "\n" not in str(e.value)

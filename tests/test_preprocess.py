@@ -411,3 +411,33 @@ def test_labkit_predict_refuses_fifo_and_dev_zero_at_once(tmp_path):
     assert f"{fifo}: error: is a FIFO (named pipe), not an image file" in lines
     assert "/dev/zero: error: is a character device, not an image file" in lines
     assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+def test_corrupt_exif_is_read_upright_the_same_way_by_prediction_and_view(seven, reference):
+    """A JPEG whose EXIF block Pillow cannot rewrite (a tag of the wrong type) is still turned by
+    its orientation tag, by the pipeline and by the view of it alike (one reader, read_upright)."""
+    from PIL import ImageOps
+
+    from helpers import corrupt_exif_jpegs
+    from labkit.preprocess import as_viewed, read_upright
+
+    upright = Image.fromarray(np.round(page(seven) * 255).astype(np.uint8))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what orientation 6 undoes
+    for name, data in corrupt_exif_jpegs(stored).items():
+        broken = Image.open(io.BytesIO(data))
+        with pytest.raises((TypeError, struct.error)):  # the failure read_upright guards against
+            ImageOps.exif_transpose(broken)
+        img, _, size = read_upright(data, name)
+        assert img.size == size == upright.size, name
+        assert as_viewed(data, name).size == upright.size
+        assert corr(mnist_preprocess(data, name), reference) > 0.95, name
+
+
+@pytest.mark.parametrize("size, words", [((100_000, 1), "image of 100000x1 pixels is too small"),
+                                         ((100_000, 3), "image of 100000x3 pixels is too narrow"),
+                                         ((1, 5), "image of 1x5 pixels is too small")])
+def test_too_small_names_the_files_size(size, words):
+    data = to_bytes(Image.new("L", size, 255))
+    with pytest.raises(ImageError) as e:
+        mnist_preprocess(data, name="thin.png")
+    assert str(e.value).startswith(f"thin.png: {words}") and "\n" not in str(e.value)

@@ -1,4 +1,9 @@
 """labkit.notebooks_runner: the whole params file is checked before any notebook runs."""
+import os
+import shutil
+import subprocess
+import sys
+
 import nbformat
 import papermill as pm
 import pytest
@@ -163,3 +168,63 @@ def test_shipped_params_files_fit_the_notebooks(name):
     params = load_params(PARAMS_DIR / name)
     chosen = check_params(params, name, parameters)
     assert {k: v for k, v in chosen.items() if v} == {k: v for k, v in params.items()}
+
+
+def _no_papermill(monkeypatch):
+    """papermill fails the test if any notebook is executed."""
+    def refuse(*_a, **_k):
+        raise AssertionError("a notebook was executed")
+    monkeypatch.setattr(pm, "execute_notebook", refuse)
+
+
+def test_out_in_the_notebooks_folder_is_refused_before_anything_runs(tmp_path, notebooks, monkeypatch):
+    src, marker = notebooks
+    _no_papermill(monkeypatch)
+    (tmp_path / "p.yaml").write_text("")
+    (tmp_path / "link").symlink_to(src)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    monkeypatch.chdir(tmp_path)
+    for out in ("notebooks", src, src / "sub", tmp_path / "link", "./notebooks/../notebooks"):
+        with pytest.raises(ParamsError) as e:
+            run_notebooks(params_file=tmp_path / "p.yaml", out_dir=out, notebooks_dir=src)
+        msg = str(e.value)
+        assert msg.startswith(f"--out {out}: is ") and "the notebooks folder" in msg and "\n" not in msg
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before and not marker.exists()
+
+
+def test_cli_refuses_out_notebooks_in_one_line():
+    from labkit.config import PROJECT_ROOT
+
+    run = subprocess.run([sys.executable, "-m", "labkit", "run-notebooks", "--out", str(NOTEBOOKS_DIR), "--only", "01"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.startswith(f"labkit run-notebooks: error: --out {NOTEBOOKS_DIR}: is the notebooks folder")
+    assert len(run.stderr.splitlines()) == 1
+
+
+def test_unwritable_out_is_one_line_before_anything_runs(tmp_path, notebooks, monkeypatch):
+    src, marker = notebooks
+    _no_papermill(monkeypatch)
+    (tmp_path / "p.yaml").write_text("")
+    (tmp_path / "afile").write_text("keep")
+    cases = {tmp_path / "afile" / "sub": "cannot write there (a folder on its path is a file)"}
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere a mode allows nothing: a read-only mount, where one may be made
+        mounted = shutil.which("mount") and subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)],
+                                                           capture_output=True).returncode == 0
+    else:
+        ro.chmod(0o555)
+        mounted = True
+    if mounted:
+        cases[ro / "sub"] = "cannot write there (read-only file system)" if os.geteuid() == 0 else "cannot write there (permission denied)"
+        cases[ro] = cases[ro / "sub"]
+    try:
+        for out, words in cases.items():
+            with pytest.raises(ParamsError) as e:
+                run_notebooks(params_file=tmp_path / "p.yaml", out_dir=out, notebooks_dir=src)
+            assert str(e.value) == f"--out {out}: {words}"
+    finally:
+        if mounted and os.geteuid() == 0:
+            subprocess.run(["umount", str(ro)], check=True)
+    assert not marker.exists() and (tmp_path / "afile").read_text() == "keep"

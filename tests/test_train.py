@@ -226,3 +226,36 @@ def test_stop_ends_after_the_current_step_and_keeps_finished_epochs(tmp_path, sm
     assert [e["epoch"] for e in saved["runs"][0]["epochs"]] == [1]
     _, ckpt = load_checkpoint(tmp_path / "run-seed1.pt")
     assert [e["epoch"] for e in ckpt["metrics"]["epochs"]] == [1]
+
+
+def test_a_diverging_run_stops_at_that_epoch_marked_and_with_strict_json(small_data, tmp_path):
+    """lr 1e3 on raw pixels: the run stops after the epoch whose loss is not finite, at the step a plain loop
+    (the oracle) first sees a non-finite loss; the row keeps nulls, metrics.json is strict JSON."""
+    cfg = recipe("baseline", epochs=3, lr=1e3, limit_train=2000, device="cpu")
+    torch.manual_seed(cfg.seed)
+    model = BaselineCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    loader = DataLoader(TensorDataset(small_data["x_train"].float(), small_data["y_train"]), batch_size=cfg.batch_size,
+                        shuffle=True)
+    for first_bad, (xb, yb) in enumerate(loader, 1):
+        loss = F.cross_entropy(model.forward_reference(xb), yb)
+        if not torch.isfinite(loss):
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not torch.isfinite(loss)
+    with pytest.warns(RuntimeWarning, match=f"seed 1 diverged at epoch 1, step {first_bad} \\(loss not finite\\); "
+                                            "lower the learning rate"):
+        metrics = train_runs(cfg, runs=1, out_dir=tmp_path, progress=Progress(live=False))
+    run = metrics["runs"][0]
+    assert run["diverged"] == {"epoch": 1, "step": first_bad} and len(run["epochs"]) == 1
+    assert run["epochs"][0]["train_loss"] is None and run["epochs"][0]["test_loss"] is None
+    assert 0 <= run["epochs"][0]["test_acc"] <= 1
+
+    def no_constants(name):
+        raise AssertionError(f"bare {name}")
+
+    saved = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=no_constants)
+    assert saved["runs"][0]["diverged"] == run["diverged"]
+    assert load_checkpoint(tmp_path / "run-seed1.pt")[1]["metrics"]["diverged"] == run["diverged"]

@@ -89,6 +89,33 @@ def test_several_files_and_bad_ones(panel, three_png):
     assert any("notes.txt" in m and "not an image" in m for m in messages)
 
 
+def test_corrupt_exif_jpegs_get_their_cards_as_labkit_predict_reads_them(panel, three_png, tmp_path, capsys):
+    """Every file its own card, read as `labkit predict` reads it: two JPEGs whose EXIF block
+    Pillow cannot rewrite, a good PNG and one that is no image, in one upload."""
+    from helpers import corrupt_exif_jpegs
+    from labkit.predict import run_cli
+
+    stored = Image.open(io.BytesIO(three_png)).convert("L").transpose(Image.Transpose.ROTATE_90)  # orientation 6 undoes it
+    files = {**{f"3_{k}": v for k, v in corrupt_exif_jpegs(stored).items()}, "3_good.png": three_png, "3_cut.png": three_png[:300]}
+    panel.upload.value = tuple(upload_entry(name, data, "image/jpeg") for name, data in files.items())
+    panel.button.click()
+    assert len(panel.result.children) == len(files) == len(panel.predictions)
+    for name, data in files.items():  # the CLI's answer for the same bytes is the oracle
+        (tmp_path / name).write_bytes(data)
+    capsys.readouterr()
+    assert run_cli([str(tmp_path / name) for name in files], None, "mnist", True) == 1
+    by_cli = {r["path"].rsplit("/", 1)[-1]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    for p in panel.predictions:
+        cli = by_cli[p["name"]]
+        assert ("error" in p) == ("error" in cli) and p.get("error") == cli.get("error"), p["name"]
+        assert p.get("probabilities") == cli.get("probabilities"), p["name"]
+    assert [p.get("digit") for p in panel.predictions] == [3, 3, 3, None]
+    cards = panel.result.children
+    picture = next(w for w in _walk(cards[0]) if isinstance(w, widgets.Image))
+    assert Image.open(io.BytesIO(picture.value)).size[0] > Image.open(io.BytesIO(picture.value)).size[1]  # upright: landscape
+    assert "3_cut.png" in cards[3].value and panel.predictions[3]["error"] in cards[3].value
+
+
 def test_empty_upload_says_so(panel):
     panel.upload.value = ()
     panel.button.click()
