@@ -57,7 +57,7 @@ def cmd_train(args) -> int:
     try:
         metrics = train_runs(cfg, args.runs, out_dir=out, resume=not args.no_resume, wait=args.wait,
                              move_aside=args.move_aside)
-    except (DataError, RunFolderError, WriteError) as e:
+    except (ConfigError, DataError, RunFolderError, WriteError) as e:
         return _fail("train", e)
     print(format_table(metrics, REPORT_TABLE if args.model == "baseline" else None))
     print(f"metrics: {RunFolder(out).metrics_path}")

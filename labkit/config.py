@@ -76,6 +76,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("constant", "onecycle")
 N_TRAIN = 60_000  # MNIST training images
+FLOAT32_MAX = 3.4028234663852886e38  # hyperparameters become float32 in the optimiser
 AUGMENT_SEED_OFFSET = 1_000_003  # the augmentation generator's seed is the run's seed + this
 MAX_SEED = 2**63 - 1 - AUGMENT_SEED_OFFSET  # torch seeds are 64-bit; the augmentation seed must fit too
 PREPROCESSING = ("mnist", "report")  # how a picture becomes a 28x28: MNIST-style (default) or the report's readImage
@@ -127,6 +128,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, not {value!r}")
+        if self.lr > FLOAT32_MAX:  # the optimiser computes in float32: a larger lr is infinite there
+            raise ConfigError(f"lr must be at most {FLOAT32_MAX:.4g} (the largest float32), not {self.lr!r}")
         if not self.lr > 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"need lr > 0, 0 <= momentum < 1, weight_decay >= 0, 0 <= label_smoothing < 1 "
                               f"(got lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay}, "

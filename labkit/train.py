@@ -232,6 +232,7 @@ def train_runs(cfg: TrainConfig, runs: int = 1, out_dir=None, resume: bool = Tru
 
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise ValueError(f"runs must be a whole number >= 1, not {runs!r}")
+    cfg.replace(seed=cfg.seed + runs - 1)  # the last run's seed must be one TrainConfig takes (ConfigError)
     run_setup = setup_run(cfg)
     device, setup = run_setup.device, (run_setup.device.type, run_setup.precision)
     folder = RunFolder(out_dir) if out_dir is not None else None

@@ -257,3 +257,13 @@ def test_a_full_disk_during_training_is_one_line_and_leaves_no_temporary(tmp_pat
     finally:
         if mounted:
             subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_runs_whose_last_seed_is_out_of_range_are_one_line(tmp_path, capsys):
+    from labkit.config import MAX_SEED
+
+    out = tmp_path / "run"
+    assert cli_main(["train", "--model", "baseline", "--seed", str(MAX_SEED), "--runs", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("labkit train: error: seed must be a whole number in 0..") and err.count("\n") == 1
+    assert not out.exists()

@@ -131,3 +131,9 @@ def test_a_non_editable_install_finds_the_checkout_from_labkit_root_or_the_curre
         proc = _labkit(site, "predict", "--json", str(image), cwd=cwd, env_extra=extra)
         assert proc.returncode == 0, proc.stderr
         assert '"digit"' in proc.stdout
+
+
+def test_a_learning_rate_beyond_float32_is_refused():
+    with pytest.raises(ConfigError, match="at most 3.403e\\+38"):
+        recipe("baseline", lr=1e39)
+    assert recipe("baseline", lr=1e38).lr == 1e38
