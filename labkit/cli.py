@@ -164,7 +164,9 @@ def _add_sweep(subparsers) -> None:
     from .grid import DEFAULT_CPUS_PER_TRIAL, DEFAULT_GPUS_PER_TRIAL
 
     s = subparsers.add_parser("sweep", help="train a grid of configs x seeds on Ray Tune and write sweep.json")
-    s.add_argument("--model", required=True, choices=MODEL_NAMES, help="the recipe the grid varies")
+    s.add_argument("--model", choices=MODEL_NAMES, help="the recipe the grid varies (required without --ladder)")
+    s.add_argument("--ladder", action="store_true",
+                   help="train the ablation ladder (labkit.config.LADDER): each rung a point, --seeds each")
     s.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
                    help="a TrainConfig field and its values, e.g. lr=1e-5,1e-4,1e-3; repeat for a product of fields")
     s.add_argument("--seeds", default="1", help="random seeds of each grid point, e.g. 1-3 or 1,5,9 (default 1)")
@@ -189,13 +191,20 @@ def cmd_sweep(args) -> int:
     from .data import DataError
     from .records import WriteError
     from .grid import SweepError
-    from .sweep import run
+    from .sweep import run, run_ladder
 
+    common = dict(epochs=args.epochs, limit_train=args.limit_train, out_dir=args.out, address=args.address,
+                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                  max_failures=args.max_failures, resume=not args.no_resume, device=args.device, wait=args.wait)
+    if args.ladder and (args.model or args.grid or args.precision):
+        return _fail("sweep", "--ladder sets every rung's model, fields and precision: leave out --model, --grid, --precision")
+    if not args.ladder and not args.model:
+        return _fail("sweep", "give --model (the recipe the grid varies), or --ladder")
     try:
-        sweep = run(args.model, args.grid, args.seeds, epochs=args.epochs, limit_train=args.limit_train,
-                    out_dir=args.out, address=args.address, cpus_per_trial=args.cpus_per_trial,
-                    gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures,
-                    resume=not args.no_resume, device=args.device, precision=args.precision, wait=args.wait)
+        if args.ladder:
+            sweep = run_ladder(args.seeds, **common)
+        else:
+            sweep = run(args.model, args.grid, args.seeds, precision=args.precision, **common)
     except (SweepError, DataError, WriteError) as e:
         return _fail("sweep", e)
     except KeyboardInterrupt as e:

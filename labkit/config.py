@@ -158,6 +158,44 @@ RECIPES: dict[str, dict] = {
 RECIPES["residual"] = {**RECIPES["improved"], "model": "residual"}  # the improved recipe, residual connections
 
 
+# The ablation ladder (notebook 06): from the report's recipe to the improved one, one change per rung,
+# each rung every change above it plus its own, all at the improved recipe's budget (5 epochs) in fp32.
+# `labkit sweep --ladder --seeds 1-10` trains it. The two learning rates are chosen by the lowest mean
+# final *training* loss (never the test set) over seeds 1-3 of a grid (data/sweeps/README.md):
+LADDER_LR_RAW = 3e-4  # the report's network on raw 0-255 pixels (data/sweeps/lr-baseline-e5)
+LADDER_LR_NORMALIZED = 0.01  # the same network on normalised inputs (data/sweeps/lr-baseline-normalized-e5)
+LADDER = (  # (rung, what it changes, the fields it sets)
+    ("report", "the report's network and recipe: lr 1e-4 on raw 0-255 pixels, no activation", {}),
+    ("lr", "a learning rate the report's network can use on raw pixels", {"lr": LADDER_LR_RAW}),
+    ("normalize", "inputs normalised to MNIST's mean and std, with the learning rate that scale needs",
+     {"normalize": True, "lr": LADDER_LR_NORMALIZED}),
+    ("relu", "ReLU after the convolution and between the two linear layers", {"model": "baseline_relu"}),
+    ("batchnorm", "BatchNorm after the convolution", {"model": "baseline_bn"}),
+    ("architecture", "the improved CNN: a stride-2 5x5 stem, 64 and 128 channels, BatchNorm, global max pool",
+     {"model": "improved"}),
+    ("schedule", "one-cycle learning rate to 0.2, Nesterov momentum, weight decay 5e-4",
+     {"schedule": "onecycle", "lr": 0.2, "nesterov": True, "weight_decay": 5e-4, "min_peak_steps": 240}),
+    ("label_smoothing", "label smoothing 0.1", {"label_smoothing": 0.1}),
+    ("augmentation", "random rotation, scale and shift of each training digit: the improved recipe", {"augment": True}),
+    ("residual", "residual connections (a 1x1 projection shortcut beside each 3x3 layer)", {"model": "residual"}),
+)
+LADDER_BRANCHES = (  # (rung, what it changes, the rung it branches from, the fields it sets)
+    ("residual_no_augmentation", "residual connections without augmentation", "label_smoothing", {"model": "residual"}),
+)
+
+
+def ladder(epochs: int | None = None, limit_train: int | None = None, device: str | None = None) -> dict[str, TrainConfig]:
+    """{rung: TrainConfig} of the ablation ladder in order, branches last; epochs/limit_train/device override all."""
+    common = {k: v for k, v in dict(epochs=epochs, limit_train=limit_train, device=device).items() if v is not None}
+    fields, rungs = {"model": "baseline", "epochs": 5, "precision": "fp32", **common}, {}
+    for name, _what, changes in LADDER:
+        fields = {**fields, **changes}
+        rungs[name] = TrainConfig(**fields)
+    for name, _what, parent, changes in LADDER_BRANCHES:
+        rungs[name] = rungs[parent].replace(**changes)
+    return rungs
+
+
 def recipe(model: str = "baseline", **overrides) -> TrainConfig:
     """The full recipe of `model`, with `overrides` (None values ignored) applied."""
     if model not in RECIPES:

@@ -153,14 +153,18 @@ def trial_name(point: dict, seed: int) -> str:
     return ",".join([*(f"{k}={_fmt(v)}" for k, v in point.items()), f"seed={seed}"])
 
 
-def plan(base: TrainConfig, grid: dict[str, list], seeds: list[int]) -> list[dict]:
-    """Every trial of the sweep: grid points in the order given (the last field varying fastest), seeds innermost."""
+def grid_points(base: TrainConfig, grid: dict[str, list]) -> list[tuple[dict, TrainConfig]]:
+    """(point, config) of each grid point, in the order given (the last field varying fastest)."""
+    return [(point, base.replace(**point)) for point in (dict(zip(grid, v)) for v in itertools.product(*grid.values()))]
+
+
+def plan(points: list[tuple[dict, TrainConfig]], seeds: list[int]) -> list[dict]:
+    """Every trial of the sweep: its points (a grid's, or named configs such as the ladder's rungs), seeds innermost."""
     trials = []
-    for values in itertools.product(*grid.values()):
-        point = dict(zip(grid, values))
+    for point, cfg in points:
         for seed in seeds:
-            cfg = base.replace(**point, seed=seed)
-            trials.append({"name": trial_name(point, seed), "point": point, "seed": seed, "config": cfg.to_dict()})
+            trials.append({"name": trial_name(point, seed), "point": point, "seed": seed,
+                           "config": cfg.replace(seed=seed).to_dict()})
     return trials
 
 
@@ -175,7 +179,8 @@ def point_rows(sweep: dict) -> list[dict]:
     grid = sweep["grid"]
     groups: dict[tuple, list[dict]] = {}
     for t in sweep["trials"]:
-        groups.setdefault(tuple(t["config"][k] for k in grid), []).append(t)
+        where = t.get("point") or t["config"]  # a ladder's point is a rung's name, not a config field
+        groups.setdefault(tuple(where[k] for k in grid), []).append(t)
     rows = []
     for values in itertools.product(*grid.values()):
         trials = groups.get(tuple(values), [])

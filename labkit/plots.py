@@ -277,7 +277,7 @@ def sweep_accuracy(sweep: dict, field: str = "lr", mark=None, title: str = ""):
     ±1 std (n-1) a band; diverged trials as red crosses on the floor."""
     xs = sweep["grid"][field]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    at = lambda x: [t for t in sweep["trials"] if t["config"][field] == x]
+    at = lambda x: [t for t in sweep["trials"] if (t.get("point") or t["config"])[field] == x]
     for split, color in (("train", "tab:blue"), ("test", "tab:orange")):
         per_x = [[t["epochs"][-1][f"{split}_acc"] for t in at(x) if not t.get("diverged")] for x in xs]
         mean = np.array([np.mean(v) if v else np.nan for v in per_x])

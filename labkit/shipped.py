@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import REPORT_TABLE
+from .config import DATA_DIR, REPORT_TABLE, display_path
 from .records import atomic_write, save_json
 from .runfolder import EPOCHS_CSV, METRICS, SHIPPED_DIR, RunFolder
 from .stats import per_digit_accuracy, summarize
 
 RUNS_DIR = SHIPPED_DIR
+SWEEPS_DIR = DATA_DIR / "sweeps"  # shipped sweeps: the learning-rate grids and the ablation ladder
 MANIFEST = RUNS_DIR / "SHA256SUMS"
 RESULTS = RUNS_DIR / "results.json"
 SHIPPED = {"baseline": "baseline-e50-fp32", "improved": "improved-e5-fp32"}  # model -> its shipped ten-run protocol
@@ -32,34 +33,91 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def manifest() -> dict[str, str]:
-    """{path relative to data/runs: SHA-256} as SHA256SUMS lists them."""
-    if not MANIFEST.is_file():
+def _where(root: Path | None) -> tuple[Path, Path]:
+    """(folder, its SHA256SUMS): the shipped runs by default, or another shelf such as SWEEPS_DIR."""
+    return (RUNS_DIR, MANIFEST) if root is None else (root, root / "SHA256SUMS")
+
+
+def manifest(root: Path | None = None) -> dict[str, str]:
+    """{path relative to the folder: SHA-256} as its SHA256SUMS lists them."""
+    _, sums = _where(root)
+    if not sums.is_file():
         return {}
-    pairs = (line.split("  ", 1) for line in MANIFEST.read_text().splitlines() if line.strip())
+    pairs = (line.split("  ", 1) for line in sums.read_text().splitlines() if line.strip())
     return {name: digest for digest, name in pairs}
 
 
-def verify(name: str | None = None) -> list[str]:
-    """The manifest's files (of one protocol, or all) that exist and match; ResultsError otherwise."""
+def verify(name: str | None = None, root: Path | None = None) -> list[str]:
+    """The manifest's files (of one protocol or sweep, or all) that exist and match; ResultsError otherwise."""
+    folder, sums = _where(root)
     checked = []
-    for rel, digest in sorted(manifest().items()):
+    for rel, digest in sorted(manifest(root).items()):
         if name is not None and not rel.startswith(f"{name}/"):
             continue
-        path = RUNS_DIR / rel
+        path = folder / rel
         if not path.is_file():
-            raise ResultsError(f"{path}: listed in {MANIFEST.name} but missing")
+            raise ResultsError(f"{path}: listed in {sums.name} but missing")
         if _sha256(path) != digest:
-            raise ResultsError(f"{path}: SHA-256 differs from {MANIFEST.name} (the file was changed)")
+            raise ResultsError(f"{path}: SHA-256 differs from {sums.name} (the file was changed)")
         checked.append(rel)
     if name is not None and not checked:
-        raise ResultsError(f"no shipped runs named {name!r} in {RUNS_DIR} (have: {', '.join(protocols()) or 'none'})")
+        have = ", ".join(protocols(root)) or "none"
+        raise ResultsError(f"nothing shipped named {name!r} in {display_path(folder)} (have: {have})")
     return checked
 
 
-def protocols() -> list[str]:
-    """Names of the shipped protocols, e.g. ['baseline-e50-fp32', 'improved-e5-fp32']."""
-    return sorted({rel.split("/", 1)[0] for rel in manifest()})
+def protocols(root: Path | None = None) -> list[str]:
+    """Names of what a folder ships, e.g. ['baseline-e50-fp32', 'improved-e5-fp32'] in data/runs."""
+    return sorted({rel.split("/", 1)[0] for rel in manifest(root)})
+
+
+def _update_manifest(root: Path | None, name: str) -> None:
+    folder, sums = _where(root)
+    kept = {rel: d for rel, d in manifest(root).items() if not rel.startswith(f"{name}/")}
+    kept.update({f"{name}/{p.name}": _sha256(p) for p in sorted((folder / name).iterdir()) if p.is_file()})
+    atomic_write(sums, lambda p: Path(p).write_text("".join(f"{d}  {rel}\n" for rel, d in sorted(kept.items()))))
+
+
+def load_sweep(name: str) -> dict:
+    """{"sweep": sweep.json, "probs": (trials, 10000, 10) float64, NaN for a diverged trial} of a shipped sweep."""
+    from .safeio import read_json
+
+    verify(name, SWEEPS_DIR)
+    sweep = read_json(SWEEPS_DIR / name / "sweep.json", what="a sweep.json")
+    probs = np.load(SWEEPS_DIR / name / PROBS)["probs"].astype(np.float64)
+    return {"sweep": sweep, "probs": probs}
+
+
+def ship_sweep(src, name: str) -> Path:
+    """Copy a finished sweep (sweep.json, sweep.csv) from src into data/sweeps/name with each trial's test-set
+    probabilities (float16, from its checkpoint), trial folders named relative to the project; update SHA256SUMS."""
+    import torch
+
+    from .checkpoint import load_checkpoint, predict_proba
+    from .data import mnist_tensors
+    from .safeio import read_json
+
+    src, dst = Path(src), SWEEPS_DIR / name
+    sweep = read_json(src / "sweep.json", what="a sweep.json")
+    if len(sweep["trials"]) != sweep["trials_requested"]:
+        raise ResultsError(f"{src}: not finished ({len(sweep['trials'])} of {sweep['trials_requested']} trials)")
+    x_test = mnist_tensors(limit_train=1)["x_test"]
+    probs = []
+    for t in sweep["trials"]:
+        folder = RunFolder(t["dir"])
+        model, ckpt = load_checkpoint(folder.checkpoint(t["seed"]))
+        if ckpt["metrics"]["epochs"] != t["epochs"]:
+            raise ResultsError(f"{folder.checkpoint(t['seed'])} is not the trial sweep.json records")
+        with torch.no_grad():
+            probs.append(predict_proba(model, x_test, bool(ckpt["config"]["normalize"])).numpy().astype(np.float16))
+        t["dir"] = display_path(t["dir"])
+    sweep["provenance"] = {**sweep["provenance"], "shipped_from": display_path(src)}
+    dst.mkdir(parents=True, exist_ok=True)
+    save_json(dst / "sweep.json", sweep)
+    shutil.copyfile(src / "sweep.csv", dst / "sweep.csv")
+    atomic_write(dst / PROBS, lambda p: np.savez_compressed(open(p, "wb"), probs=np.stack(probs)))
+    _update_manifest(SWEEPS_DIR, name)
+    return dst
 
 
 def load(name: str) -> dict:
@@ -144,9 +202,7 @@ def ship(src, name: str) -> Path:
         with torch.no_grad():
             probs.append(predict_proba(model, x_test, bool(ckpt["config"]["normalize"])).numpy().astype(np.float32))
     atomic_write(dst / PROBS, lambda p: np.savez_compressed(open(p, "wb"), probs=np.stack(probs)))
-    sums = {rel: d for rel, d in manifest().items() if not rel.startswith(f"{name}/")}
-    sums.update({f"{name}/{p.name}": _sha256(p) for p in sorted(dst.iterdir()) if p.is_file()})
-    atomic_write(MANIFEST, lambda p: Path(p).write_text("".join(f"{d}  {rel}\n" for rel, d in sorted(sums.items()))))
+    _update_manifest(None, name)
     write_results()
     return dst
 

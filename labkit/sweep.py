@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import OUTPUTS_DIR, ConfigError, TrainConfig, recipe
-from .grid import (DEFAULT_CPUS_PER_TRIAL, FINAL_KEYS, SweepError, format_points, parse_grid,
+from .grid import (DEFAULT_CPUS_PER_TRIAL, FINAL_KEYS, SweepError, format_points, grid_points, parse_grid,
                    parse_seeds, plan)
 from .records import atomic_write, save_json
 from .runfolder import RunFolder, RunFolderError, fresh_dir
@@ -64,15 +64,17 @@ def run_trial(config: dict, specs: dict) -> None:
             tune.report({"epoch": row["epoch"], **{k: row[k] for k in FINAL_KEYS}, "seconds": row["seconds"]})
 
     metrics = train_runs(cfg, runs=1, out_dir=out, resume=spec["resume"], progress=TuneProgress(1, cfg.epochs, live=False))
-    record = trial_record(spec["name"], metrics["config"], metrics["runs"][0], out, metrics.get("provenance"))
+    record = trial_record(spec["name"], metrics["config"], metrics["runs"][0], out, metrics.get("provenance"),
+                          spec["point"])
     last = record["epochs"][-1]
     # The record travels back as a reported result: the driver needs no shared disk with the workers.
     tune.report({"epoch": last["epoch"], **{k: last[k] for k in FINAL_KEYS}, "record": json.dumps(record)})
 
 
-def trial_record(name: str, config: dict, run: dict, trial_dir: Path, fallback_provenance=None) -> dict:
+def trial_record(name: str, config: dict, run: dict, trial_dir: Path, fallback_provenance=None, point=None) -> dict:
     """One trial as sweep.json lists it."""
-    return {"name": name, "config": {**config, "seed": run["seed"]}, "seed": run["seed"], "epochs": run["epochs"],
+    return {"name": name, "point": point, "config": {**config, "seed": run["seed"]}, "seed": run["seed"],
+            "epochs": run["epochs"],
             "precision": run.get("precision"), "wall_seconds": run.get("wall_seconds"),
             "diverged": run.get("diverged"), "provenance": run.get("provenance") or fallback_provenance,
             "dir": str(trial_dir)}
@@ -88,8 +90,8 @@ def _finished_record(trial: dict, earlier: dict) -> dict | None:
         return None
     rec = earlier.get(trial["name"])
     if rec and rec.get("epochs") == done["epochs"]:
-        return {**rec, "dir": trial["dir"]}  # the folder may have moved with its sweep
-    return trial_record(trial["name"], cfg.to_dict(), done, Path(trial["dir"]))
+        return {**rec, "point": trial["point"], "dir": trial["dir"]}  # the folder may have moved with its sweep
+    return trial_record(trial["name"], cfg.to_dict(), done, Path(trial["dir"]), point=trial["point"])
 
 
 def _write_outputs(out: Path, sweep: dict) -> None:
@@ -100,7 +102,7 @@ def _write_outputs(out: Path, sweep: dict) -> None:
     lines = [",".join([*grid, "seed", "epochs", *FINAL_KEYS, "wall_seconds", "diverged"])]
     for t in sweep["trials"]:
         f = t["epochs"][-1]
-        lines.append(",".join([*(fmt(t["config"][k]) for k in grid), str(t["seed"]), str(len(t["epochs"])),
+        lines.append(",".join([*(fmt((t.get("point") or t["config"])[k]) for k in grid), str(t["seed"]), str(len(t["epochs"])),
                                *(repr(f[k]) for k in FINAL_KEYS), repr(t.get("wall_seconds")),
                                str(bool(t.get("diverged"))).lower()]))
     atomic_write(out / SWEEP_CSV, lambda p: Path(p).write_text("\n".join(lines) + "\n"))
@@ -344,6 +346,16 @@ def _resources(ray, cpus_per_trial, gpus_per_trial, device: str) -> tuple[int, f
     return cpt, gpt, trial_device, {"cpus": cpus, "gpus": gpus}
 
 
+def _check_settings(cpus_per_trial, gpus_per_trial, max_failures) -> None:
+    if cpus_per_trial is not None and (isinstance(cpus_per_trial, bool) or not isinstance(cpus_per_trial, int)
+                                       or cpus_per_trial < 1):
+        raise SweepError(f"cpus_per_trial must be a whole number >= 1, not {cpus_per_trial!r}")
+    if gpus_per_trial is not None and not (gpus_per_trial >= 0 and (gpus_per_trial <= 1 or float(gpus_per_trial).is_integer())):
+        raise SweepError(f"gpus_per_trial must be a fraction in 0..1 or a whole number, not {gpus_per_trial!r}")
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
+        raise SweepError(f"max_failures must be a whole number >= 0, not {max_failures!r}")
+
+
 def run(model: str = "baseline", grid=None, seeds="1", epochs: int | None = None, limit_train: int | None = None,
         out_dir=None, address: str | None = None, cpus_per_trial: int | None = None,
         gpus_per_trial: float | None = None, max_failures: int = 2, resume: bool = True,
@@ -362,24 +374,46 @@ def run(model: str = "baseline", grid=None, seeds="1", epochs: int | None = None
     except (ConfigError, TypeError) as e:
         raise SweepError(f"bad settings: {e}") from None
     grid = parse_grid(grid or {}, base)
-    seeds = parse_seeds(seeds)
-    if cpus_per_trial is not None and (isinstance(cpus_per_trial, bool) or not isinstance(cpus_per_trial, int)
-                                       or cpus_per_trial < 1):
-        raise SweepError(f"cpus_per_trial must be a whole number >= 1, not {cpus_per_trial!r}")
-    if gpus_per_trial is not None and not (gpus_per_trial >= 0 and (gpus_per_trial <= 1 or float(gpus_per_trial).is_integer())):
-        raise SweepError(f"gpus_per_trial must be a fraction in 0..1 or a whole number, not {gpus_per_trial!r}")
-    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
-        raise SweepError(f"max_failures must be a whole number >= 0, not {max_failures!r}")
+    _check_settings(cpus_per_trial, gpus_per_trial, max_failures)
     settings = Settings(address, cpus_per_trial, gpus_per_trial, max_failures, resume, verbose, trial_fn)
-    out = (Path(out_dir) if out_dir is not None else fresh_dir(model, OUTPUTS_DIR / "sweeps")).resolve()
-    trials = plan(base, grid, seeds)
-    if address is None and any(t["config"]["device"] == "cuda" for t in trials):
+    base_config = {k: v for k, v in base.to_dict().items() if k not in grid and k != "seed"}
+    return run_points(model, grid, grid_points(base, grid), seeds, out_dir, settings, base_config, wait)
+
+
+def run_ladder(seeds="1-10", epochs: int | None = None, limit_train: int | None = None, out_dir=None,
+               device: str | None = None, address: str | None = None, cpus_per_trial: int | None = None,
+               gpus_per_trial: float | None = None, max_failures: int = 2, resume: bool = True, verbose: int = 1,
+               wait: bool = False) -> dict:
+    """The ablation ladder (config.LADDER) as one sweep: each rung a point, `seeds` each; as run() otherwise."""
+    from .config import ladder
+
+    try:
+        rungs = ladder(epochs=epochs, limit_train=limit_train, device=device)
+    except ConfigError as e:
+        raise SweepError(f"bad settings: {e}") from None
+    _check_settings(cpus_per_trial, gpus_per_trial, max_failures)
+    settings = Settings(address, cpus_per_trial, gpus_per_trial, max_failures, resume, verbose)
+    points = [({"rung": name}, cfg) for name, cfg in rungs.items()]
+    first = next(iter(rungs.values()))
+    return run_points("ladder", {"rung": list(rungs)}, points, seeds, out_dir, settings,
+                      {"epochs": first.epochs, "limit_train": first.limit_train}, wait)
+
+
+def run_points(label: str, grid: dict, points: list, seeds, out_dir, settings: Settings, base_config: dict,
+               wait: bool = False) -> dict:
+    """Train `seeds` of each (point, config) as one sweep into out_dir (locked while it runs)."""
+    seeds = parse_seeds(seeds)
+    out = (Path(out_dir) if out_dir is not None else fresh_dir(label, OUTPUTS_DIR / "sweeps")).resolve()
+    trials = plan(points, seeds)
+    if settings.address is None and any(t["config"]["device"] == "cuda" for t in trials):
         from .device import DeviceError, resolve_device
 
         try:
             resolve_device("cuda")  # this machine is the cluster: it must have the GPU
         except DeviceError as e:
             raise SweepError(str(e)) from None
+    if len({t["config"]["device"] for t in trials}) > 1:
+        raise SweepError("the trials of one sweep train on one device")
     for t in trials:
         t["dir"] = str(out / "trials" / t["name"])
     folder = RunFolder(out)  # the sweep's own folder: its lock keeps a second sweep out
@@ -388,13 +422,13 @@ def run(model: str = "baseline", grid=None, seeds="1", epochs: int | None = None
     except RunFolderError as e:
         raise SweepError(str(e)) from None
     try:
-        return _run_locked(model, base, grid, seeds, trials, out, settings)
+        return _run_locked(label, grid, seeds, trials, out, settings, base_config)
     finally:
         folder.release()
 
 
-def _run_locked(model: str, base: TrainConfig, grid: dict, seeds: list[int], trials: list[dict], out: Path,
-                settings: Settings) -> dict:
+def _run_locked(model: str, grid: dict, seeds: list[int], trials: list[dict], out: Path, settings: Settings,
+                base_config: dict) -> dict:
     """The sweep, with OUT locked: what finished earlier, then the rest on Ray, then the table."""
     earlier = {}
     if settings.resume and (out / SWEEP_JSON).is_file():
@@ -422,7 +456,7 @@ def _run_locked(model: str, base: TrainConfig, grid: dict, seeds: list[int], tri
     prov = provenance("cpu")
     prov.update(device="per trial (trials[].provenance)", device_name=None)
     sweep = {"model": model, "grid": grid, "seeds": seeds,
-             "base_config": {k: v for k, v in base.to_dict().items() if k not in grid and k != "seed"},
+             "base_config": base_config,
              "provenance": prov, "trials_requested": len(trials), "trials": []}
     state = _Sweep(out, trials, sweep, done, settings)
     print(f"sweep of {model!r}: {len(trials)} trial(s) = {len(trials) // len(seeds)} grid point(s) x {len(seeds)} "

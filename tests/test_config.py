@@ -137,3 +137,19 @@ def test_a_learning_rate_beyond_float32_is_refused():
     with pytest.raises(ConfigError, match="at most 3.403e\\+38"):
         recipe("baseline", lr=1e39)
     assert recipe("baseline", lr=1e38).lr == 1e38
+
+
+def test_the_ladder_climbs_from_the_report_to_the_improved_recipe_one_change_per_rung():
+    from labkit.config import LADDER, LADDER_BRANCHES, ladder
+
+    rungs = ladder()
+    assert list(rungs) == [name for name, *_ in LADDER] + [name for name, *_ in LADDER_BRANCHES]
+    assert rungs["report"] == recipe("baseline", epochs=5, precision="fp32")
+    assert rungs["augmentation"] == recipe("improved", precision="fp32")  # the top rung is the improved recipe
+    assert rungs["residual"] == recipe("residual", precision="fp32")
+    assert rungs["residual_no_augmentation"] == recipe("residual", precision="fp32", augment=False)
+    names = [name for name, *_ in LADDER]
+    for (name, _what, changes), before in zip(LADDER[1:], names):  # each rung changes only the fields it names
+        differ = {k for k, v in rungs[name].to_dict().items() if rungs[before].to_dict()[k] != v}
+        assert differ and differ <= set(changes), (name, differ)
+    assert len({cfg.epochs for cfg in rungs.values()}) == 1 and all(c.precision == "fp32" for c in rungs.values())
