@@ -205,3 +205,29 @@ def format_points(sweep: dict) -> str:
     widths = [max([len(h), *(len(b[i]) for b in body)]) for i, h in enumerate(heads)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
     return "\n".join([line(heads), *(line(b) for b in body)])
+
+
+def trials_of(sweep: dict, field: str, value) -> list[dict]:
+    """The trials of one point (e.g. a ladder's rung: field "rung"), in seed order."""
+    return sorted((t for t in sweep["trials"] if (t.get("point") or t["config"])[field] == value),
+                  key=lambda t: t["seed"])
+
+
+def compare_points(sweep: dict, probs, y, field: str, a, b) -> dict:
+    """Point b against point a on the seeds both finished: the paired t of their final test accuracies over
+    seeds, and McNemar's exact test on their ensembles' predictions (mean probabilities of those seeds)."""
+    import numpy as np
+
+    from .stats import mcnemar_exact, paired_runs
+
+    index = {t["name"]: i for i, t in enumerate(sweep["trials"])}
+    ta = {t["seed"]: t for t in trials_of(sweep, field, a) if not t.get("diverged")}
+    tb = {t["seed"]: t for t in trials_of(sweep, field, b) if not t.get("diverged")}
+    seeds = sorted(ta.keys() & tb.keys())
+    if len(seeds) < 2:
+        raise SweepError(f"{a} and {b} share fewer than 2 finished seeds")
+    acc = lambda ts: [ts[s]["epochs"][-1]["test_acc"] for s in seeds]
+    ens = lambda ts: np.asarray(probs)[[index[ts[s]["name"]] for s in seeds]].mean(0).argmax(-1)
+    y = np.asarray(y)
+    return {"a": a, "b": b, "seeds": seeds, "runs": paired_runs(acc(ta), acc(tb)),
+            "mcnemar_ensemble": mcnemar_exact(ens(ta) == y, ens(tb) == y)}

@@ -302,3 +302,37 @@ def sweep_accuracy(sweep: dict, field: str = "lr", mark=None, title: str = ""):
                           f"{sweep['base_config'].get('epochs', 'several')} epoch(s)")
     fig.tight_layout()
     return fig
+
+
+def ladder_figure(sweep: dict, rungs: list[str], title: str = ""):
+    """Final test accuracy per rung (every run a dot, the mean with its 95 % t interval) above the seconds
+    each run took (training and evaluation, mean over runs, log axis)."""
+    from .grid import trials_of
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+    xs = np.arange(len(rungs))
+    for x, rung in zip(xs, rungs):
+        trials = [t for t in trials_of(sweep, "rung", rung) if not t.get("diverged")]
+        accs = np.array([t["epochs"][-1]["test_acc"] for t in trials])
+        jitter = np.linspace(-0.12, 0.12, len(accs)) if len(accs) > 1 else np.zeros(len(accs))
+        top.plot(x + jitter, 100 * accs, ".", color="tab:blue", alpha=0.55, markersize=6)
+        if len(accs) > 1:
+            lo, hi = stats.mean_interval(accs)
+            top.errorbar(x, 100 * accs.mean(), yerr=[[100 * (accs.mean() - lo)], [100 * (hi - accs.mean())]],
+                         fmt="o", color="black", capsize=4, markersize=5)
+        diverged = len(trials_of(sweep, "rung", rung)) - len(trials)
+        if diverged:
+            top.annotate(f"{diverged} diverged", (x, 100 * (accs.min() if len(accs) else 0.5)), fontsize=7,
+                         color="tab:red", ha="center", va="top")
+        secs = [t["wall_seconds"] for t in trials if t.get("wall_seconds")]
+        if secs:
+            bottom.bar(x, np.mean(secs), color="tab:gray", width=0.6)
+            bottom.text(x, np.mean(secs), f"{np.mean(secs):.0f}", ha="center", va="bottom", fontsize=7)
+    top.set_ylabel("final test accuracy (%)")
+    top.grid(axis="y", alpha=0.3)
+    top.set_title(title or "The ablation ladder: each rung adds one change (dots: runs; black: mean, 95 % interval)")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("seconds per run")
+    bottom.set_xticks(xs, rungs, rotation=30, ha="right")
+    fig.tight_layout()
+    return fig

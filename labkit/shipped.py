@@ -88,19 +88,13 @@ def load_sweep(name: str) -> dict:
     return {"sweep": sweep, "probs": probs}
 
 
-def ship_sweep(src, name: str) -> Path:
-    """Copy a finished sweep (sweep.json, sweep.csv) from src into data/sweeps/name with each trial's test-set
-    probabilities (float16, from its checkpoint), trial folders named relative to the project; update SHA256SUMS."""
+def sweep_probabilities(sweep: dict) -> np.ndarray:
+    """(trials, 10000, 10) float16 test-set probabilities of a sweep's trials, from each trial's checkpoint."""
     import torch
 
     from .checkpoint import load_checkpoint, predict_proba
     from .data import mnist_tensors
-    from .safeio import read_json
 
-    src, dst = Path(src), SWEEPS_DIR / name
-    sweep = read_json(src / "sweep.json", what="a sweep.json")
-    if len(sweep["trials"]) != sweep["trials_requested"]:
-        raise ResultsError(f"{src}: not finished ({len(sweep['trials'])} of {sweep['trials_requested']} trials)")
     x_test = mnist_tensors(limit_train=1)["x_test"]
     probs = []
     for t in sweep["trials"]:
@@ -110,12 +104,26 @@ def ship_sweep(src, name: str) -> Path:
             raise ResultsError(f"{folder.checkpoint(t['seed'])} is not the trial sweep.json records")
         with torch.no_grad():
             probs.append(predict_proba(model, x_test, bool(ckpt["config"]["normalize"])).numpy().astype(np.float16))
+    return np.stack(probs)
+
+
+def ship_sweep(src, name: str) -> Path:
+    """Copy a finished sweep (sweep.json, sweep.csv) from src into data/sweeps/name with each trial's test-set
+    probabilities (float16, from its checkpoint), trial folders named relative to the project; update SHA256SUMS."""
+    from .safeio import read_json
+
+    src, dst = Path(src), SWEEPS_DIR / name
+    sweep = read_json(src / "sweep.json", what="a sweep.json")
+    if len(sweep["trials"]) != sweep["trials_requested"]:
+        raise ResultsError(f"{src}: not finished ({len(sweep['trials'])} of {sweep['trials_requested']} trials)")
+    probs = sweep_probabilities(sweep)
+    for t in sweep["trials"]:
         t["dir"] = display_path(t["dir"])
     sweep["provenance"] = {**sweep["provenance"], "shipped_from": display_path(src)}
     dst.mkdir(parents=True, exist_ok=True)
     save_json(dst / "sweep.json", sweep)
     shutil.copyfile(src / "sweep.csv", dst / "sweep.csv")
-    atomic_write(dst / PROBS, lambda p: np.savez_compressed(open(p, "wb"), probs=np.stack(probs)))
+    atomic_write(dst / PROBS, lambda p: np.savez_compressed(open(p, "wb"), probs=probs))
     _update_manifest(SWEEPS_DIR, name)
     return dst
 
