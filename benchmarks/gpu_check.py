@@ -245,7 +245,8 @@ def check_baseline_bf16(c: Checks, torch, limit, ctx) -> None:
 
 
 def check_improved(c: Checks, torch, limit, ctx) -> None:
-    from labkit.checkpoint import load_checkpoint, predict_proba
+    from labkit.checkpoint import load_checkpoint
+    from labkit.predict import predict_proba
     from labkit.config import recipe
     from labkit.data import mnist_tensors
     from labkit.train import evaluate, train_run
@@ -309,7 +310,7 @@ def check_stop(c: Checks, torch) -> None:
 
 
 def check_inference(c: Checks, torch, ctx) -> None:
-    from labkit.checkpoint import input_gradients
+    from labkit.predict import input_gradients
     from labkit.models import build_model, layer_table
     from labkit.predict import Predictor
 

@@ -1,4 +1,5 @@
-"""Checkpoints (weights with the config, metrics and provenance that made them) and inference."""
+"""Checkpoints: weights with the config, metrics and provenance that made them, written atomically and read
+with bounds (the one torch.load)."""
 from __future__ import annotations
 
 import io
@@ -7,10 +8,8 @@ import zipfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .config import MODEL_NAMES, OLD_MODEL_NAMES, display_path
-from .data import to_input
 from .models import build_model
 from .records import atomic_write
 from .safeio import ReadRefused, read_regular
@@ -170,23 +169,3 @@ def load_checkpoint(path, device="cpu", expect: str | None = None):
 def nonfinite_weights(model: torch.nn.Module) -> list[str]:
     """Names of the parameters and buffers of `model` holding NaN or infinite values."""
     return [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-
-
-@torch.no_grad()
-def predict_proba(model, x_uint8, normalize: bool, batch: int = 1000) -> torch.Tensor:
-    """Softmax probabilities (N, 10), float64, of a model on uint8 images (N, 1, 28, 28), in chunks."""
-    model.eval()
-    return torch.cat([F.softmax(model(to_input(x_uint8[i:i + batch], normalize)).double(), 1)
-                      for i in range(0, len(x_uint8), batch)])
-
-
-def input_gradients(model, x_uint8, normalize: bool, target=None) -> torch.Tensor:
-    """Saliency (N, 28, 28): gradient of the target logit (default: the predicted digit) times the input."""
-    model.eval()
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else x_uint8.device  # images and targets go to the model's device
-    x = to_input(x_uint8.to(device), normalize).requires_grad_(True)  # (N, 1, 28, 28)
-    logits = model(x)
-    target = logits.argmax(1) if target is None else torch.as_tensor(target, dtype=torch.long, device=device)
-    logits.gather(1, target.view(-1, 1)).sum().backward()
-    return (x.grad * x).detach()[:, 0]

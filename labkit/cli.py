@@ -67,7 +67,7 @@ def cmd_train(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import run_cli
 
-    return run_cli(args.images, args.checkpoint, args.preprocess, args.json)
+    return run_cli(args.images, args.checkpoint, args.preprocessing, args.json)
 
 
 def cmd_run_notebooks(args) -> int:
@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="predict the digit in image files")
     pr.add_argument("images", nargs="+", metavar="IMAGE")
     pr.add_argument("--checkpoint", help="a checkpoint from labkit train (default: the shipped model)")
-    pr.add_argument("--preprocess", default="mnist", choices=PREPROCESSING, help="mnist: MNIST-style (default); report: the report's readImage")
+    pr.add_argument("--preprocessing", "--preprocess", default="mnist", choices=PREPROCESSING,
+                    help="mnist: MNIST-style (default); report: the report's readImage")
     pr.add_argument("--json", action="store_true", help="one JSON object per line")
     pr.set_defaults(func=cmd_predict)
 

@@ -1,4 +1,5 @@
-"""Predict digits of image files with a trained checkpoint; the body of `labkit predict`."""
+"""Inference: a model's probabilities and saliency on 28x28 images, and Predictor, a checkpoint loaded once
+predicting arrays and image files (the body of `labkit predict`)."""
 from __future__ import annotations
 
 import json
@@ -8,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from .checkpoint import CheckpointError, load_checkpoint, nonfinite_weights
 from .config import DEFAULT_CHECKPOINT, display_path
-from .preprocess import METHODS, ImageError
-from .preprocess import preprocess as preprocess_image  # the parameter `preprocess` names the method
-from .checkpoint import CheckpointError, load_checkpoint, nonfinite_weights, predict_proba
+from .data import to_input
 from .device import DeviceError, torch_device
+from .preprocess import METHODS, ImageError, to_28x28
 
 
 def target_from_name(name) -> int | None:
@@ -64,15 +66,15 @@ class Predictor:
         p = self.probabilities(arr)[0]
         return {"digit": int(p.argmax()), "probabilities": [float(v) for v in p], "input": arr}
 
-    def predict_file(self, source, name=None, preprocess: str = "mnist") -> dict:
+    def predict_file(self, source, name=None, preprocessing: str = "mnist") -> dict:
         """Prediction dict of one image (path, bytes, file object or PIL Image); never raises for a
         bad file: {"path" or "name", "error": reason} instead."""
-        if preprocess not in METHODS:
-            raise ValueError(f"preprocess must be one of {METHODS}, not {preprocess!r}")
+        if preprocessing not in METHODS:
+            raise ValueError(f"preprocessing must be one of {METHODS}, not {preprocessing!r}")
         key = "name" if name is not None or not isinstance(source, (str, Path)) else "path"
         label = name if name is not None else (str(source) if key == "path" else "<image>")
         try:
-            arr = preprocess_image(source, preprocess, name=label)
+            arr = to_28x28(source, preprocessing, name=label)
         except ImageError as e:
             return {key: label, "error": e.problem}
         except Exception as e:  # anything else wrong with a file must not stop the others
@@ -80,14 +82,14 @@ class Predictor:
         return {key: label, **self.predict_array(arr)}
 
 
-def run_cli(images: list[str], checkpoint: str | None = None, preprocess: str = "mnist",
+def run_cli(images: list[str], checkpoint: str | None = None, preprocessing: str = "mnist",
             as_json: bool = False) -> int:
     """`labkit predict`: a line per image; 0 when all were predicted, 1 if any failed, 2 if the
     model or arguments are unusable, 141 when stdout's reader went away before the end (cli.main
     makes that quiet). Never lets a traceback reach the user."""
     try:
-        if preprocess not in METHODS:
-            raise ValueError(f"--preprocess must be one of {', '.join(METHODS)}, not {preprocess!r}")
+        if preprocessing not in METHODS:
+            raise ValueError(f"--preprocessing must be one of {', '.join(METHODS)}, not {preprocessing!r}")
         if not images:
             raise ValueError("no image given")
         predictor = Predictor(checkpoint)
@@ -98,7 +100,7 @@ def run_cli(images: list[str], checkpoint: str | None = None, preprocess: str = 
     for path in images:
         if getattr(sys.stdout, "broken", False):  # its reader has gone (`| head -n1`): stop, quietly
             return 141  # what a shell reports for a writer whose pipe closed
-        r = predictor.predict_file(path, preprocess=preprocess)
+        r = predictor.predict_file(path, preprocessing=preprocessing)
         if "error" in r:
             failed += 1
             if as_json:
@@ -111,3 +113,23 @@ def run_cli(images: list[str], checkpoint: str | None = None, preprocess: str = 
         else:
             print(f"{path}: {r['digit']} (probability {r['probabilities'][r['digit']]:.3f})", flush=True)
     return 1 if failed else 0
+
+
+@torch.no_grad()
+def predict_proba(model, x_uint8, normalize: bool, batch: int = 1000) -> torch.Tensor:
+    """Softmax probabilities (N, 10), float64, of a model on uint8 images (N, 1, 28, 28), in chunks."""
+    model.eval()
+    return torch.cat([F.softmax(model(to_input(x_uint8[i:i + batch], normalize)).double(), 1)
+                      for i in range(0, len(x_uint8), batch)])
+
+
+def input_gradients(model, x_uint8, normalize: bool, target=None) -> torch.Tensor:
+    """Saliency (N, 28, 28): gradient of the target logit (default: the predicted digit) times the input."""
+    model.eval()
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else x_uint8.device  # images and targets go to the model's device
+    x = to_input(x_uint8.to(device), normalize).requires_grad_(True)  # (N, 1, 28, 28)
+    logits = model(x)
+    target = logits.argmax(1) if target is None else torch.as_tensor(target, dtype=torch.long, device=device)
+    logits.gather(1, target.view(-1, 1)).sum().backward()
+    return (x.grad * x).detach()[:, 0]

@@ -496,7 +496,7 @@ def mnist_preprocess(image, name=None) -> np.ndarray:
     return mnist_from_gray(to_gray(img), name, size)
 
 
-def preprocess(image, method: str = "mnist", name=None) -> np.ndarray:
+def to_28x28(image, method: str = "mnist", name=None) -> np.ndarray:
     """28x28 uint8 of `image` by `method`: "mnist" (default) or "report"."""
     if method == "mnist":
         return mnist_preprocess(image, name)

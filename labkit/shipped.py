@@ -92,7 +92,8 @@ def sweep_probabilities(sweep: dict) -> np.ndarray:
     """(trials, 10000, 10) float16 test-set probabilities of a sweep's trials, from each trial's checkpoint."""
     import torch
 
-    from .checkpoint import load_checkpoint, predict_proba
+    from .checkpoint import load_checkpoint
+    from .predict import predict_proba
     from .data import mnist_tensors
 
     x_test = mnist_tensors(limit_train=1)["x_test"]
@@ -190,7 +191,8 @@ def ship(src, name: str) -> Path:
     probabilities of each run's final checkpoint, and update SHA256SUMS and results.json."""
     import torch
 
-    from .checkpoint import load_checkpoint, predict_proba
+    from .checkpoint import load_checkpoint
+    from .predict import predict_proba
     from .data import mnist_tensors
 
     src, dst = RunFolder(src), RUNS_DIR / name

@@ -96,11 +96,11 @@ class PredictPanel(widgets.VBox):
     file: {"name", "digit", "probabilities"} or {"name", "error"}.
     """
 
-    def __init__(self, checkpoint=None, preprocess: str = "mnist", **kwargs):
+    def __init__(self, checkpoint=None, preprocessing: str = "mnist", **kwargs):
         from .predict import Predictor
 
         self.predictor = Predictor(checkpoint)  # once, not per prediction
-        self.method = preprocess
+        self.method = preprocessing
         self.upload = widgets.FileUpload(accept="image/*", multiple=True, description="Upload images")
         self.button = widgets.Button(description="Predict", button_style="primary", icon="search")
         self.result = widgets.VBox(layout=widgets.Layout(margin="8px 0 0 0"))
@@ -109,7 +109,7 @@ class PredictPanel(widgets.VBox):
         title = widgets.HTML(
             f"<b>Upload digit images and press Predict</b> "
             f"<span style='color:#666'>(model: {html.escape(self.predictor.model_name)}, "
-            f"preprocessing: {html.escape(preprocess)})</span>")
+            f"preprocessing: {html.escape(preprocessing)})</span>")
         super().__init__([title, widgets.HBox([self.upload, self.button]), self.result], **kwargs)
 
     def predict(self, files: list[tuple[str, bytes]]) -> list[dict]:
@@ -118,7 +118,7 @@ class PredictPanel(widgets.VBox):
         preds, cards = [], []
         for name, content in files:
             try:
-                r = self.predictor.predict_file(content, name=name, preprocess=self.method)
+                r = self.predictor.predict_file(content, name=name, preprocessing=self.method)
                 card = None if "error" in r else self._card(name, content, r)
             except Exception as e:  # one file's failure must not cost the others their cards
                 r = {"name": name, "error": f"cannot use this file ({type(e).__name__}: {e})".splitlines()[0]}
@@ -226,7 +226,7 @@ class DrawPad(anywidget.AnyWidget):
             prediction = {}
         else:
             with _one_torch_thread():
-                r = self.predictor.predict_file(data, name="drawing", preprocess="mnist")
+                r = self.predictor.predict_file(data, name="drawing", preprocessing="mnist")
             if "error" in r:
                 prediction = {"error": r["error"]}
             else:

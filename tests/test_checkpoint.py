@@ -10,7 +10,8 @@ import zipfile
 import pytest
 import torch
 
-from labkit.checkpoint import CheckpointError, input_gradients, load_checkpoint, predict_proba, read, save_checkpoint
+from labkit.checkpoint import CheckpointError, load_checkpoint, read, save_checkpoint
+from labkit.predict import input_gradients, predict_proba
 from labkit.config import WEIGHTS_DIR, recipe
 from labkit.models import build_model
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from labkit import device as dev
-from labkit.checkpoint import CheckpointError, input_gradients
+from labkit.checkpoint import CheckpointError
+from labkit.predict import input_gradients
 from labkit.config import DEFAULT_CHECKPOINT, PROJECT_ROOT, recipe
 from labkit.device import DeviceError, RunSetup
 from labkit.models import build_model, layer_table

@@ -9,7 +9,7 @@ import torch
 
 from labkit.config import CUSTOM_DIR, DEFAULT_CHECKPOINT, WEIGHTS_DIR
 from labkit.predict import Predictor, target_from_name
-from labkit.preprocess import preprocess
+from labkit.preprocess import to_28x28
 from labkit.synth import render_heldout
 
 from helpers import IMAGES, bad_image_files
@@ -53,7 +53,7 @@ def test_custom_set_is_complete_and_small():
 
 def test_predictor_arrays(predictor):
     assert predictor.checkpoint == DEFAULT_CHECKPOINT
-    arr = preprocess(IMAGES[0])
+    arr = to_28x28(IMAGES[0])
     r = predictor.predict_array(arr)
     assert set(r) == {"digit", "probabilities", "input"}
     assert len(r["probabilities"]) == 10 and abs(sum(r["probabilities"]) - 1) < 1e-6
@@ -68,7 +68,7 @@ def test_predict_file_inputs(predictor):
     assert by_path["path"] == str(path) and by_path["digit"] == target_from_name(path.name)
     by_bytes = predictor.predict_file(path.read_bytes(), name=path.name)
     assert by_bytes["name"] == path.name and by_bytes["probabilities"] == by_path["probabilities"]
-    report = predictor.predict_file(path, preprocess="report")
+    report = predictor.predict_file(path, preprocessing="report")
     assert report["input"].shape == (28, 28)
 
 
@@ -83,7 +83,7 @@ def test_predict_file_never_raises_for_a_bad_file(predictor, tmp_path):
 
 
 def _accuracy(pred: Predictor, method: str, items) -> float:
-    arrays = np.stack([preprocess(row["data"], method, name=row["name"]) for row in items])
+    arrays = np.stack([to_28x28(row["data"], method, name=row["name"]) for row in items])
     labels = np.array([row["label"] for row in items])
     return float((pred.probabilities(arrays).argmax(1) == labels).mean())
 

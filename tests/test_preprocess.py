@@ -14,7 +14,7 @@ import labkit.safeio
 from labkit.synth import page_with_digit as page
 from labkit.data import load_mnist
 from labkit.preprocess import (MAX_IMAGE_BYTES, ImageError, center_of_mass, mnist_preprocess, open_image,
-                               preprocess, report_preprocess)
+                               report_preprocess, to_28x28)
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +83,10 @@ def test_report_preprocess_is_the_reports_readimage(size):
 
 def test_preprocess_dispatch(seven):
     img = Image.fromarray(np.round(page(seven) * 255).astype(np.uint8))
-    np.testing.assert_array_equal(preprocess(img, "report"), report_preprocess(img))
-    np.testing.assert_array_equal(preprocess(img), mnist_preprocess(img))
+    np.testing.assert_array_equal(to_28x28(img, "report"), report_preprocess(img))
+    np.testing.assert_array_equal(to_28x28(img), mnist_preprocess(img))
     with pytest.raises(ValueError, match="method"):
-        preprocess(img, "nope")
+        to_28x28(img, "nope")
 
 
 # ---------------------------------------------------------------------------------- MNIST-style
@@ -246,10 +246,10 @@ def test_empty_file(tmp_path):
     p = tmp_path / "empty.jpg"
     p.write_bytes(b"")
     with pytest.raises(ImageError, match="empty file") as e:
-        preprocess(p)
+        to_28x28(p)
     assert "empty.jpg" in str(e.value)
     with pytest.raises(ImageError, match="empty file"):
-        preprocess(p, "report")
+        to_28x28(p, "report")
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
@@ -335,7 +335,7 @@ def test_fifo_refused_without_opening(tmp_path, no_reading):
 
 def test_character_device_refused(no_reading):
     with pytest.raises(ImageError) as e:
-        preprocess("/dev/zero")
+        to_28x28("/dev/zero")
     assert str(e.value) == "/dev/zero: is a character device, not an image file"
 
 

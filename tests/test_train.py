@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from labkit.checkpoint import load_checkpoint, predict_proba
+from labkit.checkpoint import load_checkpoint
+from labkit.predict import predict_proba
 from labkit.config import recipe
 from labkit.data import to_input
 from labkit.models import BaselineCNN, build_model

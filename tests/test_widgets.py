@@ -198,7 +198,7 @@ def test_prediction_is_the_photo_pipelines(pad):
     data = drawing_png(7, **CANVASES["off_centre"])
     count = pad.count
     pad.image = data
-    oracle = labkit.predict.Predictor().predict_file(data, preprocess="mnist")
+    oracle = labkit.predict.Predictor().predict_file(data, preprocessing="mnist")
     assert set(pad.prediction) == {"digit", "probabilities"}
     assert pad.prediction["digit"] == oracle["digit"] == 7
     assert pad.prediction["probabilities"] == pytest.approx(oracle["probabilities"], abs=1e-6)
