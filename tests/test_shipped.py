@@ -56,3 +56,28 @@ def test_readme_quotes_results_json():
     from labkit.cli import README
 
     assert shipped.readme_table() in README.read_text(encoding="utf-8"), "README is stale: run `labkit readme`"
+
+
+@pytest.mark.parametrize("name", ["lr-baseline-e5", "lr-baseline-normalized-e5"])
+def test_shipped_sweeps_match_their_manifest_and_their_probabilities(name):
+    from labkit.data import load_mnist
+
+    got = shipped.load_sweep(name)
+    sweep, probs = got["sweep"], got["probs"]
+    y = load_mnist("test")[1]
+    assert probs.shape == (len(sweep["trials"]), 10000, 10) and len(sweep["trials"]) == sweep["trials_requested"]
+    for t, p in zip(sweep["trials"], probs):
+        assert not t["dir"].startswith("/"), t["dir"]  # no machine paths shipped
+        if t.get("diverged"):
+            assert t["epochs"][-1]["test_loss"] is None
+        else:  # the recorded final accuracy is what the saved probabilities give (float16: a few ties may flip)
+            assert abs((p.argmax(1) == y).mean() - t["epochs"][-1]["test_acc"]) <= 3 / len(y), t["name"]
+
+
+def test_the_ladders_learning_rates_are_the_lowest_training_loss_of_their_shipped_grids():
+    from labkit.config import LADDER_LR_NORMALIZED, LADDER_LR_RAW
+    from labkit.grid import point_rows
+
+    for name, lr in (("lr-baseline-e5", LADDER_LR_RAW), ("lr-baseline-normalized-e5", LADDER_LR_NORMALIZED)):
+        rows = [r for r in point_rows(shipped.load_sweep(name)["sweep"]) if r["n"]]
+        assert min(rows, key=lambda r: r["train_loss_mean"])["lr"] == lr, name

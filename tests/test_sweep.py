@@ -331,3 +331,48 @@ def test_a_diverged_trial_is_recorded_and_drawn_as_diverged(tmp_path, ray_tmp):
     assert (rows[1e308]["n"], rows[1e308]["diverged"]) == (0, 1) and (rows[1e-4]["n"], rows[1e-4]["diverged"]) == (1, 0)
     fig = plots.sweep_accuracy(s, "lr")
     assert any("diverged" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+def _fake_sweep(accs: dict[str, list[float]], y, rng):
+    """A sweep dict of named points with given final test accuracies, and probabilities that reproduce them."""
+    import numpy as np
+
+    trials, probs = [], []
+    for point, values in accs.items():
+        for seed, acc in enumerate(values, 1):
+            right = rng.random(len(y)) < acc
+            pred = np.where(right, y, (y + 1) % 10)
+            trials.append({"name": f"rung={point},seed={seed}", "point": {"rung": point}, "seed": seed, "diverged": None,
+                           "config": {}, "epochs": [{"test_acc": float((pred == y).mean())}], "wall_seconds": 1.0})
+            probs.append(np.eye(10)[pred])
+    return {"grid": {"rung": list(accs)}, "seeds": [1, 2, 3], "trials": trials}, np.stack(probs)
+
+
+def test_compare_points_is_the_paired_t_over_seeds_and_mcnemar_on_ensembles():
+    import numpy as np
+    from labkit.stats import mcnemar_exact, paired_runs
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 2000)
+    s, probs = _fake_sweep({"a": [0.90, 0.91, 0.92], "b": [0.95, 0.955, 0.97]}, y, rng)
+    c = grid.compare_points(s, probs, y, "rung", "a", "b")
+    accs = lambda p: [t["epochs"][-1]["test_acc"] for t in s["trials"] if t["point"]["rung"] == p]
+    assert c["seeds"] == [1, 2, 3] and c["runs"] == paired_runs(accs("a"), accs("b"))
+    ens = lambda i: probs[i].mean(0).argmax(1) == y
+    assert c["mcnemar_ensemble"] == mcnemar_exact(ens([0, 1, 2]), ens([3, 4, 5]))
+    assert c["runs"]["mean_diff"] > 0.03 and c["mcnemar_ensemble"]["p"] < 0.01
+    s["trials"][4]["diverged"] = {"epoch": 1, "step": 3}  # b's seed 2 diverged: pairs of seeds 1 and 3 only
+    assert grid.compare_points(s, probs, y, "rung", "a", "b")["seeds"] == [1, 3]
+
+
+def test_the_ladder_figure_shows_every_rung_with_its_runs():
+    import numpy as np
+    from labkit import plots
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 10, 500)
+    s, _ = _fake_sweep({"report": [0.96, 0.965, 0.97], "relu": [0.98, 0.985, 0.99]}, y, rng)
+    fig = plots.ladder_figure(s, ["report", "relu"])
+    top = fig.axes[0]
+    dots = [line for line in top.get_lines() if line.get_linestyle() == "None" and len(line.get_xdata()) == 3]
+    assert len(dots) == 2 and [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["report", "relu"]
