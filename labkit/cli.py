@@ -122,9 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_sweep(sub)
 
-    sh = sub.add_parser("ship", help="ship a finished `labkit train --runs N --out SRC` folder into data/runs/NAME")
-    sh.add_argument("src", help="the run folder")
-    sh.add_argument("name", help="the protocol's name in data/runs/ (e.g. baseline-e50-fp32)")
+    sh = sub.add_parser("ship", help="ship a finished `labkit train --runs N --out SRC` folder into data/runs/NAME, "
+                                     "or a finished `labkit sweep --out SRC` into data/sweeps/NAME")
+    sh.add_argument("src", help="the run folder, or the sweep's folder (it holds sweep.json)")
+    sh.add_argument("name", help="the name in data/runs/ or data/sweeps/ (e.g. baseline-e50-fp32, ladder-e5)")
     sh.set_defaults(func=cmd_ship)
 
     rd = sub.add_parser("readme", help="rewrite the README's results table from data/runs/results.json")
@@ -134,11 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_ship(args) -> int:
     from .records import MetricsError
-    from .shipped import ResultsError, ship
+    from .safeio import ReadRefused
+    from .shipped import ResultsError, ship, ship_sweep
+    from .sweep import SWEEP_JSON
 
     try:
-        print(ship(args.src, args.name))
-    except (ResultsError, MetricsError) as e:
+        print(ship_sweep(args.src, args.name) if (Path(args.src) / SWEEP_JSON).exists() else ship(args.src, args.name))
+    except (ResultsError, MetricsError, ReadRefused) as e:
         return _fail("ship", e)
     return 0
 
