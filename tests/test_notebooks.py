@@ -48,3 +48,32 @@ def test_figures_appear_with_mplbackend_agg(retrained):
     _, nb = retrained
     pngs = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
     assert pngs >= 5  # two curves, per-digit accuracy, confusion matrix, mistakes
+
+
+def _run(tmp, name, **parameters) -> dict:
+    out = tmp / f"{name}.ipynb"
+    pm.execute_notebook(str(NOTEBOOKS_DIR / f"{name}.ipynb"), str(out), kernel_name="python3", parameters=parameters,
+                        cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+    return json.loads(out.read_text())
+
+
+def test_notebook_05_retrains_its_grid_into_the_given_folder(tmp_path):
+    from labkit.sweep import load_sweep
+
+    nb = _run(tmp_path, "05_sweeps", retrain=True, lrs="1e-4,1e-2", seeds="1-2", epochs=1, limit_train=500,
+              out_dir=str(tmp_path / "grid"))
+    s = load_sweep(tmp_path / "grid")
+    assert [t["name"] for t in s["trials"]] == ["lr=0.0001,seed=1", "lr=0.0001,seed=2", "lr=0.01,seed=1", "lr=0.01,seed=2"]
+    assert all(t["diverged"] for t in s["trials"] if t["config"]["lr"] == 1e-2)  # raw pixels: 1e-2 diverges
+    assert "as shipped" not in _text(nb) and (tmp_path / "grid" / "accuracy_vs_lr.png").is_file()
+
+
+def test_notebook_06_retrains_the_whole_ladder_and_its_checks_hold(tmp_path):
+    from labkit.config import ladder
+    from labkit.sweep import load_sweep
+
+    nb = _run(tmp_path, "06_ablations", retrain=True, seeds="1-2", epochs=1, limit_train=500,
+              out_dir=str(tmp_path / "ladder"))
+    s = load_sweep(tmp_path / "ladder")
+    assert s["grid"]["rung"] == list(ladder()) and len(s["trials"]) == 2 * len(ladder())
+    assert "every run checked against its probabilities and its rung's definition" in _text(nb)

@@ -222,3 +222,20 @@ def test_lock_is_refused_in_process_for_a_second_folder_object(tmp_path):
         a.release()
     b.prepare()
     b.release()
+
+
+@pytest.mark.parametrize("field, value, said", [("device_type", "cuda", "trained on cuda in fp32"),
+                                                ("precision", "bf16", "trained on cpu in bf16")])
+def test_runs_of_another_device_or_precision_are_not_mixed_into_one_table(field, value, said, tmp_path):
+    """A folder resumed on another machine: "auto" may resolve to CUDA or to bf16 there (labkit.device.setup_run)."""
+    from labkit.records import save_json
+
+    cfg = recipe("baseline", **TINY)
+    out = tmp_path / "runs"
+    _train(cfg, out)
+    folder = RunFolder(out)
+    metrics = folder.metrics()
+    metrics["runs"][0]["setup"][field] = value  # as a run on that machine records it
+    save_json(folder.metrics_path, metrics)
+    with pytest.raises(RunFolderError, match=f"holds seed 1 {said}, and this run trains on cpu in fp32"):
+        _train(cfg, out, runs=2)
