@@ -69,12 +69,18 @@ REPORT_TABLE = {
 
 
 # The allowed values of TrainConfig's choice fields, declared once (the CLI's choices come from here).
-# "baseline": the report's Net; "improved": labkit's CNN; the rest are ablation variants (notebook 06):
-# the report's Net with ReLUs, with BatchNorm too, and the improved CNN with residual connections
-MODEL_NAMES = ("baseline", "improved", "baseline_relu", "baseline_bn", "residual")
+# "baseline": the report's Net; "improved": labkit's CNN; then ablation variants (notebook 06): the report's
+# Net with ReLUs, with BatchNorm too, and the improved CNN with residual connections; then the peers, the
+# networks people run instead (benchmarks/NOTES.md, "Peers"): pytorch/examples' mnist/main.py Net, the Keras
+# "Simple MNIST convnet", and Chris Deotte's CNN (github.com/cdeotte/MNIST-CNN-99.75)
+MODEL_NAMES = ("baseline", "improved", "baseline_relu", "baseline_bn", "residual", "examples", "keras", "deotte")
 PRECISIONS = ("fp32", "bf16", "auto")
 DEVICES = ("auto", "cpu", "cuda")
-SCHEDULES = ("constant", "onecycle")
+SCHEDULES = ("constant", "onecycle", "step")  # step: the lr times lr_gamma after every epoch
+OPTIMIZERS = ("sgd", "adadelta", "adam")
+# Networks that scale raw 0-255 pixels to [0, 1] themselves, as their Keras sources do before fitting: they take
+# the raw pixels (normalize=False), and every path that feeds a model (training, evaluation, predict) stays as it is
+SELF_SCALING_MODELS = ("keras", "deotte")
 N_TRAIN = 60_000  # MNIST training images
 FLOAT32_MAX = 3.4028234663852886e38  # hyperparameters become float32 in the optimiser
 AUGMENT_SEED_OFFSET = 1_000_003  # the augmentation generator's seed is the run's seed + this
@@ -91,18 +97,24 @@ class ConfigError(ValueError):
 class TrainConfig:
     """Every hyperparameter of a training run; defaults are the report's recipe."""
 
-    model: str = "baseline"  # one of MODEL_NAMES: "baseline" (the report's Net) or "improved"
+    model: str = "baseline"  # one of MODEL_NAMES: "baseline" (the report's Net), "improved", a variant or a peer
     epochs: int = 50  # passes over the training set; the report used 50
     batch_size: int = 128  # the report's BATCH_SIZE
+    optimizer: str = "sgd"  # one of OPTIMIZERS: "sgd" (the report), "adadelta" or "adam"
     lr: float = 1e-4  # peak learning rate; the report's SGD used 1e-4
-    momentum: float = 0.9  # SGD momentum, as in the report
-    nesterov: bool = False  # Nesterov momentum (the report: plain)
+    momentum: float = 0.9  # SGD momentum, as in the report; Adam's beta1 and Adadelta's rho (each a running average's decay, 0.9 in every source)
+    nesterov: bool = False  # Nesterov momentum (the report: plain); SGD only
     weight_decay: float = 0.0  # L2 on weights (the report: none)
-    schedule: str = "constant"  # one of SCHEDULES: "constant" (the report) or "onecycle"
+    schedule: str = "constant"  # one of SCHEDULES: "constant" (the report), "onecycle" or "step"
     min_peak_steps: int = 120  # one-cycle: a run of fewer steps scales its peak lr by steps / min_peak_steps (24 steps at lr 0.1 diverge)
+    lr_gamma: float = 1.0  # step schedule: the lr's factor after each epoch, 0 < lr_gamma <= 1 (torch's StepLR gamma)
     label_smoothing: float = 0.0  # cross-entropy label smoothing (the report: none)
     normalize: bool = False  # False: raw 0-255 pixels as the report fed them; True: MNIST mean/std
     augment: bool = False  # random affine jitter of training digits (the report: none)
+    augment_degrees: float = 10.0  # augmentation: rotation uniform in +-this many degrees
+    augment_scale: float = 0.1  # augmentation: scale uniform in 1 +- this
+    augment_shift: float = 2.0  # augmentation: shift uniform in +- this many pixels, each axis
+    holdout: float = 0.0  # fraction of the training images held out, the last ones, as Keras' validation_split: not trained on, evaluated each epoch (0: none)
     seed: int = 1  # torch.manual_seed of the run; the report used 1
     limit_train: int | None = None  # train on the first N training images only (None: all 60,000)
     eval_batch: int = 1000  # test-set chunk size; chunks of 1000 beat one 10k batch on CPU
@@ -112,7 +124,7 @@ class TrainConfig:
     def __post_init__(self):
         """Refuse values no run can use, with one line saying which and why."""
         for name, allowed in (("model", MODEL_NAMES), ("precision", PRECISIONS), ("device", DEVICES),
-                              ("schedule", SCHEDULES)):
+                              ("schedule", SCHEDULES), ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "eval_batch", "min_peak_steps"):
@@ -124,7 +136,8 @@ class TrainConfig:
             raise ConfigError(f"limit_train must be None or 1..{N_TRAIN:,}, not {self.limit_train!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed must be a whole number in 0..{MAX_SEED}, not {self.seed!r}")
-        for name in ("lr", "weight_decay", "momentum", "label_smoothing"):
+        for name in ("lr", "weight_decay", "momentum", "label_smoothing", "lr_gamma", "augment_degrees",
+                     "augment_scale", "augment_shift", "holdout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, not {value!r}")
@@ -134,6 +147,18 @@ class TrainConfig:
             raise ConfigError(f"need lr > 0, 0 <= momentum < 1, weight_decay >= 0, 0 <= label_smoothing < 1 "
                               f"(got lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay}, "
                               f"label_smoothing={self.label_smoothing})")
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"lr_gamma must be in (0, 1], the lr's factor after each epoch, not {self.lr_gamma!r}")
+        if not (0 <= self.augment_degrees <= 180 and 0 <= self.augment_scale < 1 and 0 <= self.augment_shift < 28):
+            raise ConfigError(f"need 0 <= augment_degrees <= 180, 0 <= augment_scale < 1, 0 <= augment_shift < 28 "
+                              f"(got augment_degrees={self.augment_degrees}, augment_scale={self.augment_scale}, "
+                              f"augment_shift={self.augment_shift})")
+        if not 0 <= self.holdout < 1:
+            raise ConfigError(f"holdout must be a fraction in [0, 1) of the training images, not {self.holdout!r}")
+        holdout_split(self.limit_train or N_TRAIN, self.holdout)  # both parts of the training set not empty
+        if self.model in SELF_SCALING_MODELS and self.normalize:
+            raise ConfigError(f"normalize must be False for model {self.model!r}: it scales raw 0-255 pixels to "
+                              f"[0, 1] itself, as its Keras source does")
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with some fields changed."""
@@ -141,6 +166,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def holdout_split(n: int, holdout: float) -> int:
+    """How many of n training images are trained on when the last `holdout` fraction is held out: the first
+    floor(n * (1 - holdout)), as Keras' validation_split; ConfigError when either part would be empty."""
+    trained = math.floor(n * (1 - holdout))
+    if trained < 1 or (holdout > 0 and trained == n):
+        raise ConfigError(f"holdout {holdout} of {n:,} training image(s) leaves "
+                          f"{'none to train on' if trained < 1 else 'none held out'}")
+    return trained
 
 
 # Each model's full recipe: only what differs from the report's defaults.
@@ -156,6 +191,20 @@ RECIPES: dict[str, dict] = {
     ),
 }
 RECIPES["residual"] = {**RECIPES["improved"], "model": "residual"}  # the improved recipe, residual connections
+# The peers, each with its source's own recipe (benchmarks/NOTES.md, "Peers", says what differs in labkit's version).
+# pytorch/examples mnist/main.py: Adadelta lr 1.0 (rho 0.9: the default momentum), the lr times 0.7 after each
+# epoch, batch 64, 14 epochs, inputs normalised with (0.1307, 0.3081)
+RECIPES["examples"] = dict(model="examples", optimizer="adadelta", lr=1.0, schedule="step", lr_gamma=0.7,
+                           batch_size=64, epochs=14, normalize=True)
+# keras-io examples/vision/mnist_convnet.py: Adam lr 1e-3 (beta1 0.9: the default momentum), batch 128, 15 epochs,
+# [0, 1] pixels, validation_split=0.1 (the last 6,000 training images not trained on)
+RECIPES["keras"] = dict(model="keras", optimizer="adam", lr=1e-3, batch_size=128, epochs=15, holdout=0.1)
+# cdeotte/MNIST-CNN-99.75 CNN.ipynb, the code of the published 1,500-CNN mean (99.641 %): Adam lr 1e-3 times 0.95
+# after each epoch, batch 64, 30 epochs, [0, 1] pixels, rotation 15 degrees, zoom 0.15, shifts of 0.1 of the width
+# (2.8 pixels), 10 % of the training images held out
+RECIPES["deotte"] = dict(model="deotte", optimizer="adam", lr=1e-3, schedule="step", lr_gamma=0.95,
+                         batch_size=64, epochs=30, augment=True, augment_degrees=15.0, augment_scale=0.15,
+                         augment_shift=2.8, holdout=0.1)
 
 
 # The ablation ladder (notebook 06): from the report's recipe to the improved one, one change per rung,

@@ -1,9 +1,10 @@
 """BaselineCNN (the report's Net) and its ablation variants, the improved model and its residual variant,
-and a name -> model registry."""
+the peers (the networks of pytorch/examples, the Keras example and Chris Deotte), and a name -> model registry."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import fastpath
 from .config import MODEL_NAMES
@@ -118,7 +119,88 @@ class ResidualCNN(ImprovedCNN):
         )
 
 
-MODELS = dict(zip(MODEL_NAMES, (BaselineCNN, ImprovedCNN, BaselineReLU, BaselineBN, ResidualCNN)))  # names from config
+class ExamplesCNN(nn.Module):
+    """pytorch/examples' mnist/main.py Net, layer for layer (same state-dict keys): conv32, conv64, max-pool,
+    dropout 0.25, fc128, dropout 0.5, fc10. It returns logits where the source returns their log_softmax:
+    cross-entropy on logits is the source's NLL loss on log_softmax, and the argmax is the same."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):  # (B, 1, 28, 28) MNIST-normalised
+        h = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)  # (B, 64, 12, 12)
+        h = F.relu(self.fc1(self.dropout1(h).flatten(1)))  # (B, 128)
+        return self.fc2(self.dropout2(h))  # (B, 10)
+
+
+def _keras_init(model: nn.Module) -> nn.Module:
+    """Keras' default initialisation: Glorot-uniform kernels and zero biases in every conv and dense layer."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
+
+
+class KerasCNN(nn.Module):
+    """keras-io's "Simple MNIST convnet": conv32-pool-conv64-pool-flatten-dropout 0.5-dense10 (34,826 parameters),
+    with Keras' initialisation. It takes raw 0-255 pixels and scales them to [0, 1], as the example does."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, 13, 13)
+            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, 5, 5)
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64 * 5 * 5, 10))
+        _keras_init(self)
+
+    def forward(self, x):  # (B, 1, 28, 28) raw 0-255
+        return self.head(self.features(x / 255))  # (B, 10)
+
+
+def _keras_conv_bn(cin: int, cout: int, k: int, stride2_same: bool = False) -> nn.Sequential:
+    """Keras' Conv2D(activation="relu") then BatchNormalization() with Keras' defaults (momentum 0.99, which is
+    torch's 0.01, and epsilon 1e-3). stride2_same: strides=2, padding="same" as TensorFlow pads a 5x5 kernel on
+    an even size: one row and column before, two after."""
+    pad = [nn.ZeroPad2d((1, 2, 1, 2))] if stride2_same else []
+    return nn.Sequential(*pad, nn.Conv2d(cin, cout, k, stride=2 if stride2_same else 1), nn.ReLU(),
+                         nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01))
+
+
+class DeotteCNN(nn.Module):
+    """Chris Deotte's CNN (github.com/cdeotte/MNIST-CNN-99.75, CNN.ipynb), layer for layer:
+    [32C3-32C3-32C5S2]-[64C3-64C3-64C5S2]-128C4-10, BatchNorm after every ReLU, dropout 0.4 after each block and
+    before the dense layer, Keras' initialisation. It takes raw 0-255 pixels and scales them to [0, 1], as he does."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            _keras_conv_bn(1, 32, 3),  # (B, 32, 26, 26)
+            _keras_conv_bn(32, 32, 3),  # (B, 32, 24, 24)
+            _keras_conv_bn(32, 32, 5, stride2_same=True),  # (B, 32, 12, 12)
+            nn.Dropout(0.4),
+            _keras_conv_bn(32, 64, 3),  # (B, 64, 10, 10)
+            _keras_conv_bn(64, 64, 3),  # (B, 64, 8, 8)
+            _keras_conv_bn(64, 64, 5, stride2_same=True),  # (B, 64, 4, 4)
+            nn.Dropout(0.4),
+            _keras_conv_bn(64, 128, 4),  # (B, 128, 1, 1)
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.4), nn.Linear(128, 10))
+        _keras_init(self)
+
+    def forward(self, x):  # (B, 1, 28, 28) raw 0-255
+        return self.head(self.features(x / 255))  # (B, 10)
+
+
+MODELS = dict(zip(MODEL_NAMES, (BaselineCNN, ImprovedCNN, BaselineReLU, BaselineBN, ResidualCNN,
+                                ExamplesCNN, KerasCNN, DeotteCNN)))  # names from config
 
 
 def build_model(name: str) -> nn.Module:

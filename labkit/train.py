@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import AUGMENT_SEED_OFFSET, TrainConfig, display_path
+from .config import AUGMENT_SEED_OFFSET, TrainConfig, display_path, holdout_split
 from .data import mnist_tensors, to_input
 from .device import apply, setup_run
 from .models import build_model
@@ -68,15 +68,22 @@ def report_test_counting(ev: dict, y: torch.Tensor) -> dict:
             "test_loss": ev["losses"][last:].mean().item()}
 
 
-def _sgd(model, cfg: TrainConfig, device: torch.device) -> torch.optim.SGD:
-    """The recipe's SGD; the fused implementation (one kernel for all parameters) where torch has it."""
-    kw = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
-    if device.type not in ("cpu", "cuda"):  # torch refuses fused SGD elsewhere, and only at the first step
-        return torch.optim.SGD(model.parameters(), **kw)
+def _optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """The recipe's optimiser: SGD, Adadelta (rho = cfg.momentum) or Adam (beta1 = cfg.momentum, beta2 0.999),
+    with torch's other defaults; SGD and Adam fused (one kernel for all parameters) where torch has it."""
+    if cfg.optimizer == "adadelta":  # torch has no fused Adadelta
+        return torch.optim.Adadelta(model.parameters(), lr=cfg.lr, rho=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        make, kw = torch.optim.Adam, dict(lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+    else:
+        make, kw = torch.optim.SGD, dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                         weight_decay=cfg.weight_decay)
+    if device.type not in ("cpu", "cuda"):  # torch refuses fused optimisers elsewhere, and only at the first step
+        return make(model.parameters(), **kw)
     try:
-        return torch.optim.SGD(model.parameters(), fused=True, **kw)
-    except (RuntimeError, TypeError, ValueError):  # older torch, or a device without fused SGD
-        return torch.optim.SGD(model.parameters(), **kw)
+        return make(model.parameters(), fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):  # older torch, or a device without the fused kernel
+        return make(model.parameters(), **kw)
 
 
 def _flush_subnormal(grad: torch.Tensor) -> torch.Tensor:
@@ -112,7 +119,10 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
     data = data if data is not None else mnist_tensors(cfg.limit_train, device)
     # data loaded for another device (mnist_tensors() defaults to the CPU) moves once, not per batch
     x_train, y_train, x_test, y_test = (data[k].to(device) for k in ("x_train", "y_train", "x_test", "y_test"))
-    n = len(x_train)
+    n = holdout_split(len(x_train), cfg.holdout) if cfg.holdout else len(x_train)
+    # the last images are held out (Keras' validation_split): evaluated after each epoch, never trained on
+    x_held, y_held = x_train[n:], y_train[n:]
+    x_train, y_train = x_train[:n], y_train[:n]
     torch.manual_seed(cfg.seed)  # as the report: seeds initialisation and the shuffle
     model = build_model(cfg.model).to(device)  # initialised on the CPU: the same weights on every device
     amp = precision == "bf16"
@@ -122,13 +132,15 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
     channels_last = device.type == "cpu" and (amp or getattr(model, "channels_last", False))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = _sgd(model, cfg, device)
+    opt = _optimizer(model, cfg, device)
     steps = math.ceil(n / cfg.batch_size)
-    sched = None
+    sched = epoch_sched = None  # stepped after every batch, after every epoch
     if cfg.schedule == "onecycle":
         total = cfg.epochs * steps
         peak = cfg.lr * min(1.0, total / cfg.min_peak_steps)  # short runs (cheap notebook defaults) need a lower peak
         sched = one_cycle(opt, peak, total)
+    elif cfg.schedule == "step":  # epoch e trains at lr * lr_gamma ** (e - 1), as the peers' StepLR and LearningRateScheduler
+        epoch_sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.lr_gamma)
     # Augmentation numbers come from a CPU generator on every device (a CUDA generator draws others), an epoch's at once
     aug_gen = torch.Generator().manual_seed(cfg.seed + AUGMENT_SEED_OFFSET) if cfg.augment else None
     background = to_input(torch.zeros((), dtype=torch.uint8), cfg.normalize).item()  # a 0 pixel as the model sees it
@@ -156,7 +168,8 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
             x = to_input(x_epoch[batch], cfg.normalize)  # (B, 1, 28, 28)
             y = y_epoch[batch]
             if aug_u is not None:
-                x = jitter(x, aug_u[4 * batch.start:4 * batch.start + 4 * len(y)].view(4, -1), background)
+                x = jitter(x, aug_u[4 * batch.start:4 * batch.start + 4 * len(y)].view(4, -1), background,
+                           cfg.augment_degrees, cfg.augment_scale, cfg.augment_shift)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast():
@@ -176,12 +189,15 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
                 progress.batch(epoch, b + 1, steps)
             if stop is not None and stop.is_set():
                 raise TrainingStopped(f"stopped in epoch {epoch} of seed {cfg.seed}; {epoch - 1} finished epoch(s) kept")
+        if epoch_sched is not None:
+            epoch_sched.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         hit = pred == y_epoch
         ev = evaluate(model, x_test, y_test, cfg)
         rep = report_test_counting(ev, y_test)
+        held = evaluate(model, x_held, y_held, cfg) if len(x_held) else None
         row = {
             "epoch": epoch,
             "train_loss": (batch_loss * sizes).sum().item() / n,
@@ -195,6 +211,8 @@ def train_run(cfg: TrainConfig, data: dict | None = None, checkpoint: Path | Non
                 **rep,
             },
         }
+        if held is not None:  # what the Keras example prints as val_loss and val_accuracy
+            row.update(holdout_loss=held["loss"], holdout_acc=held["acc"])
         not_finite = ~torch.isfinite(batch_loss)
         bad_batch = bool(not_finite.any())  # one check per epoch, beside the .item() calls above
         diverged = bad_batch or not math.isfinite(ev["loss"])  # or the epoch's last step made the weights so

@@ -75,7 +75,7 @@ def test_choice_lists_are_the_ones_the_cli_offers():
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     choices = {a.dest: tuple(a.choices) for a in train._actions if a.choices}
     assert choices == {"model": MODEL_NAMES, "device": DEVICES, "precision": PRECISIONS}
-    assert SCHEDULES == ("constant", "onecycle")
+    assert SCHEDULES == ("constant", "onecycle", "step")
 
 
 def test_resolve_device_and_precision():
