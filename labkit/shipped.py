@@ -89,7 +89,7 @@ def load_sweep(name: str) -> dict:
 
 
 def sweep_probabilities(sweep: dict) -> np.ndarray:
-    """(trials, 10000, 10) float16 test-set probabilities of a sweep's trials, from each trial's checkpoint."""
+    """(trials, 10000, 10) float32 test-set probabilities of a sweep's trials, from each trial's checkpoint."""
     import torch
 
     from .checkpoint import load_checkpoint
@@ -104,7 +104,7 @@ def sweep_probabilities(sweep: dict) -> np.ndarray:
         if ckpt["metrics"]["epochs"] != t["epochs"]:
             raise ResultsError(f"{folder.checkpoint(t['seed'])} is not the trial sweep.json records")
         with torch.no_grad():
-            probs.append(predict_proba(model, x_test, bool(ckpt["config"]["normalize"])).numpy().astype(np.float16))
+            probs.append(predict_proba(model, x_test, bool(ckpt["config"]["normalize"])).numpy().astype(np.float32))
     return np.stack(probs)
 
 
@@ -124,7 +124,7 @@ def ship_sweep(src, name: str) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     save_json(dst / "sweep.json", sweep)
     shutil.copyfile(src / "sweep.csv", dst / "sweep.csv")
-    atomic_write(dst / PROBS, lambda p: np.savez_compressed(open(p, "wb"), probs=probs))
+    atomic_write(dst / PROBS, lambda p: np.savez_compressed(open(p, "wb"), probs=probs.astype(np.float16)))
     _update_manifest(SWEEPS_DIR, name)
     return dst
 

@@ -185,10 +185,10 @@ def test_train_into_a_pipe_closed_after_one_line_trains_on(tmp_path):
 
 
 def test_a_diverging_run_stops_in_one_line_under_an_ascii_terminal(tmp_path):
-    """--lr 1e308 with PYTHONIOENCODING=ascii: the run is marked diverged, metrics.json is strict
+    """--lr 1e38 with PYTHONIOENCODING=ascii: the run is marked diverged, metrics.json is strict
     JSON, the table's dashes are replaced rather than fatal, and predict refuses the NaN weights."""
     out = tmp_path / "run"
-    proc = labkit_process("train", "--model", "baseline", "--epochs", "3", "--limit-train", "256", "--lr", "1e308",
+    proc = labkit_process("train", "--model", "baseline", "--epochs", "3", "--limit-train", "256", "--lr", "1e38",
                           "--device", "cpu", "--out", out, env={"PYTHONIOENCODING": "ascii"})
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr

@@ -60,7 +60,7 @@ def _run(tmp, name, **parameters) -> dict:
 def test_notebook_05_retrains_its_grid_into_the_given_folder(tmp_path):
     from labkit.sweep import load_sweep
 
-    nb = _run(tmp_path, "05_sweeps", retrain=True, lrs="1e-4,1e-2", seeds="1-2", epochs=1, limit_train=500,
+    nb = _run(tmp_path, "05_sweeps", retrain=True, lrs="1e-4,1e-2", seeds="1-2", epochs=1, limit_train=2000,
               out_dir=str(tmp_path / "grid"))
     s = load_sweep(tmp_path / "grid")
     assert [t["name"] for t in s["trials"]] == ["lr=0.0001,seed=1", "lr=0.0001,seed=2", "lr=0.01,seed=1", "lr=0.01,seed=2"]
