@@ -58,7 +58,7 @@ def test_readme_quotes_results_json():
     assert shipped.readme_table() in README.read_text(encoding="utf-8"), "README is stale: run `labkit readme`"
 
 
-@pytest.mark.parametrize("name", ["lr-baseline-e5", "lr-baseline-normalized-e5"])
+@pytest.mark.parametrize("name", ["lr-baseline-e5", "lr-baseline-normalized-e5", "ladder-e5"])
 def test_shipped_sweeps_match_their_manifest_and_their_probabilities(name):
     from labkit.data import load_mnist
 
@@ -81,3 +81,14 @@ def test_the_ladders_learning_rates_are_the_lowest_training_loss_of_their_shippe
     for name, lr in (("lr-baseline-e5", LADDER_LR_RAW), ("lr-baseline-normalized-e5", LADDER_LR_NORMALIZED)):
         rows = [r for r in point_rows(shipped.load_sweep(name)["sweep"]) if r["n"]]
         assert min(rows, key=lambda r: r["train_loss_mean"])["lr"] == lr, name
+
+
+def test_the_shipped_ladder_is_the_ladder_labkit_defines():
+    from labkit.config import differing_fields, ladder
+
+    sweep = shipped.load_sweep("ladder-e5")["sweep"]
+    defined = ladder()
+    assert sweep["grid"]["rung"] == list(defined) and sweep["seeds"] == list(range(1, 11))
+    for t in sweep["trials"]:
+        want = defined[t["point"]["rung"]].replace(seed=t["seed"]).to_dict()
+        assert not differing_fields(t["config"], want, ignore=("device",)), t["name"]
