@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import (DEVICES, MODEL_NAMES, N_TRAIN, PRECISIONS, PREPROCESSING, REPORT_TABLE,
+from .config import (PROJECT_ROOT, DEVICES, MODEL_NAMES, N_TRAIN, PRECISIONS, PREPROCESSING, REPORT_TABLE,
                      ConfigError, recipe)
 
 
@@ -146,7 +146,7 @@ def cmd_ship(args) -> int:
     return 0
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = PROJECT_ROOT / "README.md"
 _BEGIN, _END = "<!-- results table: labkit readme -->", "<!-- end of results table -->"
 
 

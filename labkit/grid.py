@@ -144,13 +144,14 @@ def parse_seeds(spec) -> list[int]:
     return seeds
 
 
-def _fmt(v) -> str:
+def fmt_value(v) -> str:
+    """A grid value as names and tables print it: strings bare, numbers as repr."""
     return v if isinstance(v, str) else repr(v)
 
 
 def trial_name(point: dict, seed: int) -> str:
     """Folder (and Tune trial) name of a trial: its grid values and seed, e.g. 'lr=0.0001,seed=2'."""
-    return ",".join([*(f"{k}={_fmt(v)}" for k, v in point.items()), f"seed={seed}"])
+    return ",".join([*(f"{k}={fmt_value(v)}" for k, v in point.items()), f"seed={seed}"])
 
 
 def grid_points(base: TrainConfig, grid: dict[str, list]) -> list[tuple[dict, TrainConfig]]:
@@ -200,7 +201,7 @@ def format_points(sweep: dict) -> str:
     body = []
     for r in point_rows(sweep):
         pm = lambda k: f"{r[k + '_mean']:.4f} ± {r[k + '_std']:.4f}" if r["n"] else "-"
-        body.append([*(_fmt(r[k]) for k in grid), str(r["n"]), str(r["diverged"]), pm("train_acc"),
+        body.append([*(fmt_value(r[k]) for k in grid), str(r["n"]), str(r["diverged"]), pm("train_acc"),
                      pm("test_acc"), f"{r['test_loss_mean']:.4f}" if r["n"] else "-"])
     widths = [max([len(h), *(len(b[i]) for b in body)]) for i, h in enumerate(heads)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))

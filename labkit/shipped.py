@@ -88,24 +88,29 @@ def load_sweep(name: str) -> dict:
     return {"sweep": sweep, "probs": probs}
 
 
-def sweep_probabilities(sweep: dict) -> np.ndarray:
-    """(trials, 10000, 10) float32 test-set probabilities of a sweep's trials, from each trial's checkpoint."""
+def _probabilities(runs: list[tuple[Path, list]]) -> np.ndarray:
+    """(runs, 10000, 10) float32 test-set probabilities of each (checkpoint, the epochs recorded for it);
+    ResultsError when a checkpoint is not the run its record says."""
     import torch
 
     from .checkpoint import load_checkpoint
-    from .predict import predict_proba
     from .data import mnist_tensors
+    from .predict import predict_proba
 
     x_test = mnist_tensors(limit_train=1)["x_test"]
     probs = []
-    for t in sweep["trials"]:
-        folder = RunFolder(t["dir"])
-        model, ckpt = load_checkpoint(folder.checkpoint(t["seed"]))
-        if ckpt["metrics"]["epochs"] != t["epochs"]:
-            raise ResultsError(f"{folder.checkpoint(t['seed'])} is not the trial sweep.json records")
+    for path, epochs in runs:
+        model, ckpt = load_checkpoint(path)
+        if ckpt["metrics"]["epochs"] != epochs:
+            raise ResultsError(f"{path} is not the run its record says")
         with torch.no_grad():
             probs.append(predict_proba(model, x_test, bool(ckpt["config"]["normalize"])).numpy().astype(np.float32))
     return np.stack(probs)
+
+
+def sweep_probabilities(sweep: dict) -> np.ndarray:
+    """(trials, 10000, 10) float32 test-set probabilities of a sweep's trials, from each trial's checkpoint."""
+    return _probabilities([(RunFolder(t["dir"]).checkpoint(t["seed"]), t["epochs"]) for t in sweep["trials"]])
 
 
 def ship_sweep(src, name: str) -> Path:
@@ -189,12 +194,6 @@ def read_results() -> dict:
 def ship(src, name: str) -> Path:
     """Copy a finished protocol (metrics.json, epochs.csv) from src into data/runs/name, add the test-set
     probabilities of each run's final checkpoint, and update SHA256SUMS and results.json."""
-    import torch
-
-    from .checkpoint import load_checkpoint
-    from .predict import predict_proba
-    from .data import mnist_tensors
-
     src, dst = RunFolder(src), RUNS_DIR / name
     metrics = src.metrics()
     unfinished = [r["seed"] for r in metrics["runs"] if len(r["epochs"]) != metrics["config"]["epochs"]]
@@ -203,15 +202,8 @@ def ship(src, name: str) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     for f in (METRICS, EPOCHS_CSV):
         shutil.copyfile(src.path / f, dst / f)
-    x_test = mnist_tensors(limit_train=1)["x_test"]
-    probs = []
-    for r in metrics["runs"]:
-        model, ckpt = load_checkpoint(src.checkpoint(r["seed"]))
-        if ckpt["metrics"]["epochs"] != r["epochs"]:
-            raise ResultsError(f"{src.checkpoint(r['seed'])} is not the run metrics.json records")
-        with torch.no_grad():
-            probs.append(predict_proba(model, x_test, bool(ckpt["config"]["normalize"])).numpy().astype(np.float32))
-    atomic_write(dst / PROBS, lambda p: np.savez_compressed(open(p, "wb"), probs=np.stack(probs)))
+    probs = _probabilities([(src.checkpoint(r["seed"]), r["epochs"]) for r in metrics["runs"]])
+    atomic_write(dst / PROBS, lambda p: np.savez_compressed(open(p, "wb"), probs=probs))
     _update_manifest(None, name)
     write_results()
     return dst

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import OUTPUTS_DIR, ConfigError, TrainConfig, recipe
-from .grid import (DEFAULT_CPUS_PER_TRIAL, FINAL_KEYS, SweepError, format_points, grid_points, parse_grid,
+from .grid import (DEFAULT_CPUS_PER_TRIAL, FINAL_KEYS, SweepError, fmt_value, format_points, grid_points, parse_grid,
                    parse_seeds, plan)
 from .records import atomic_write, save_json
 from .runfolder import RunFolder, RunFolderError, fresh_dir
@@ -98,11 +98,10 @@ def _write_outputs(out: Path, sweep: dict) -> None:
     """sweep.json and sweep.csv (one line per finished trial: grid values, seed, final metrics)."""
     save_json(out / SWEEP_JSON, sweep)
     grid = list(sweep["grid"])
-    fmt = lambda v: v if isinstance(v, str) else repr(v)
     lines = [",".join([*grid, "seed", "epochs", *FINAL_KEYS, "wall_seconds", "diverged"])]
     for t in sweep["trials"]:
         f = t["epochs"][-1]
-        lines.append(",".join([*(fmt((t.get("point") or t["config"])[k]) for k in grid), str(t["seed"]), str(len(t["epochs"])),
+        lines.append(",".join([*(fmt_value((t.get("point") or t["config"])[k]) for k in grid), str(t["seed"]), str(len(t["epochs"])),
                                *(repr(f[k]) for k in FINAL_KEYS), repr(t.get("wall_seconds")),
                                str(bool(t.get("diverged"))).lower()]))
     atomic_write(out / SWEEP_CSV, lambda p: Path(p).write_text("\n".join(lines) + "\n"))
