@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import (PROJECT_ROOT, DEVICES, MODEL_NAMES, N_TRAIN, PRECISIONS, PREPROCESSING, REPORT_TABLE,
+from .config import (PROJECT_ROOT, DEVICES, MODEL_NAMES, RECIPE_NAMES, N_TRAIN, PRECISIONS, PREPROCESSING, REPORT_TABLE,
                      ConfigError, recipe)
 
 
@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train R runs of a model and write metrics.json")
-    t.add_argument("--model", required=True, choices=MODEL_NAMES, help="baseline: the report's network")
+    t.add_argument("--model", required=True, choices=RECIPE_NAMES,
+                   help="baseline: the report's network; best: the improved CNN's accurate recipe")
     t.add_argument("--epochs", type=int_in(1), help="default: the model's full recipe (baseline: 50)")
     t.add_argument("--runs", type=int_in(1), default=1, help="independent runs, seeds S, S+1, ... (default 1)")
     t.add_argument("--seed", type=int, help="random seed of the first run (default: the recipe's, 1)")
@@ -171,9 +172,13 @@ def _add_sweep(subparsers) -> None:
     s.add_argument("--model", choices=MODEL_NAMES, help="the recipe the grid varies (required without --ladder)")
     s.add_argument("--ladder", action="store_true",
                    help="train the ablation ladder (labkit.config.LADDER): each rung a point, --seeds each")
+    s.add_argument("--frontier", action="store_true",
+                   help="train the frontier (labkit.config.FRONTIER): every recipe a point, each with its own seeds")
+    s.add_argument("--only", help="with --frontier: some points only, e.g. improved-e1,keras")
     s.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
                    help="a TrainConfig field and its values, e.g. lr=1e-5,1e-4,1e-3; repeat for a product of fields")
-    s.add_argument("--seeds", default="1", help="random seeds of each grid point, e.g. 1-3 or 1,5,9 (default 1)")
+    s.add_argument("--seeds", help="random seeds of each grid point, e.g. 1-3 or 1,5,9 (default 1; --frontier: "
+                                    "each point's own)")
     s.add_argument("--epochs", type=int_in(1), help="default: the model's recipe (baseline: 50)")
     s.add_argument("--limit-train", type=int_in(1, N_TRAIN), help="train on the first N training images only")
     s.add_argument("--out", help="output folder (default outputs/sweeps/MODEL-TIMESTAMP-PID); the same --out resumes")
@@ -195,20 +200,30 @@ def cmd_sweep(args) -> int:
     from .data import DataError
     from .records import WriteError
     from .grid import SweepError
-    from .sweep import run, run_ladder
+    from .sweep import run, run_frontier, run_ladder
 
     common = dict(epochs=args.epochs, limit_train=args.limit_train, out_dir=args.out, address=args.address,
                   cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                   max_failures=args.max_failures, resume=not args.no_resume, device=args.device, wait=args.wait)
-    if args.ladder and (args.model or args.grid or args.precision):
-        return _fail("sweep", "--ladder sets every rung's model, fields and precision: leave out --model, --grid, --precision")
-    if not args.ladder and not args.model:
-        return _fail("sweep", "give --model (the recipe the grid varies), or --ladder")
+    named = [flag for flag in ("ladder", "frontier") if getattr(args, flag)]
+    if len(named) > 1:
+        return _fail("sweep", "give one of --ladder and --frontier")
+    if named and (args.model or args.grid or args.precision or (args.frontier and args.epochs)):
+        return _fail("sweep", f"--{named[0]} sets every point's model, fields and precision: leave out --model, "
+                              f"--grid, --precision{', --epochs' if args.frontier else ''}")
+    if args.only and not args.frontier:
+        return _fail("sweep", "--only picks points of --frontier")
+    if not named and not args.model:
+        return _fail("sweep", "give --model (the recipe the grid varies), --ladder or --frontier")
     try:
         if args.ladder:
-            sweep = run_ladder(args.seeds, **common)
+            sweep = run_ladder(args.seeds or "1", **common)
+        elif args.frontier:
+            common.pop("epochs")
+            only = [p.strip() for p in args.only.split(",") if p.strip()] if args.only else None
+            sweep = run_frontier(args.seeds, only, **common)
         else:
-            sweep = run(args.model, args.grid, args.seeds, precision=args.precision, **common)
+            sweep = run(args.model, args.grid, args.seeds or "1", precision=args.precision, **common)
     except (SweepError, DataError, WriteError) as e:
         return _fail("sweep", e)
     except KeyboardInterrupt as e:

@@ -205,6 +205,22 @@ RECIPES["keras"] = dict(model="keras", optimizer="adam", lr=1e-3, batch_size=128
 RECIPES["deotte"] = dict(model="deotte", optimizer="adam", lr=1e-3, schedule="step", lr_gamma=0.95,
                          batch_size=64, epochs=30, augment=True, augment_degrees=15.0, augment_scale=0.15,
                          augment_shift=2.8, holdout=0.1)
+# The accurate recipe beside the fast one: the improved CNN and recipe for 20 epochs (notebook 07, the frontier)
+RECIPES["best"] = {**RECIPES["improved"], "epochs": 20}
+RECIPE_NAMES = tuple(RECIPES)  # what `labkit train --model` takes: every model's recipe, and "best" (the improved CNN's)
+
+# The frontier (notebook 07): test accuracy against seconds per run, every recipe trained on one machine by one
+# command, `labkit sweep --frontier` (data/sweeps/README.md). Seeds: ten where a run costs under ~2 minutes on
+# 2 cores, three for the peers whose runs cost more. Precision "auto" for every point: bf16 where the hardware
+# has it (AMX CPUs, GPUs), else fp32, so that the recipes, not the arithmetic, differ.
+FRONTIER_PRECISION = "auto"
+FRONTIER = (  # (point, recipe, fields it changes, seeds); longest runs first, so that two cores finish together
+    ("deotte", "deotte", {}, "1-3"),
+    ("examples", "examples", {}, "1-3"),
+    ("best", "best", {}, "1-10"),
+    ("keras", "keras", {}, "1-3"),
+    *((f"improved-e{e}", "improved", {"epochs": e}, "1-10") for e in (15, 8, 5, 3, 2, 1)),
+)
 
 
 # The ablation ladder (notebook 06): from the report's recipe to the improved one, one change per rung,
@@ -245,11 +261,18 @@ def ladder(epochs: int | None = None, limit_train: int | None = None, device: st
     return rungs
 
 
+def frontier(limit_train: int | None = None, device: str | None = None) -> list[tuple[str, TrainConfig, str]]:
+    """(point, TrainConfig, seeds) of each frontier point in order; limit_train/device override all."""
+    common = {k: v for k, v in dict(limit_train=limit_train, device=device).items() if v is not None}
+    return [(name, recipe(name_of_recipe, precision=FRONTIER_PRECISION, **changes, **common), seeds)
+            for name, name_of_recipe, changes, seeds in FRONTIER]
+
+
 def recipe(model: str = "baseline", **overrides) -> TrainConfig:
-    """The full recipe of `model`, with `overrides` (None values ignored) applied."""
+    """The full recipe named `model` (a model's own, or "best"), with `overrides` (None values ignored) applied."""
     if model not in RECIPES:
-        raise ConfigError(f"model must be one of {', '.join(MODEL_NAMES)}, not {model!r}")
-    fields = {**RECIPES[model], "model": model}
+        raise ConfigError(f"model must be one of {', '.join(RECIPE_NAMES)}, not {model!r}")
+    fields = {"model": model, **RECIPES[model]}
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**fields)
 

@@ -159,11 +159,12 @@ def grid_points(base: TrainConfig, grid: dict[str, list]) -> list[tuple[dict, Tr
     return [(point, base.replace(**point)) for point in (dict(zip(grid, v)) for v in itertools.product(*grid.values()))]
 
 
-def plan(points: list[tuple[dict, TrainConfig]], seeds: list[int]) -> list[dict]:
-    """Every trial of the sweep: its points (a grid's, or named configs such as the ladder's rungs), seeds innermost."""
+def plan(points: list[tuple], seeds: list[int]) -> list[dict]:
+    """Every trial of the sweep: its points (a grid's, or named configs such as the ladder's rungs), seeds innermost;
+    a point given as (point, config, its own seeds) takes those instead of `seeds`."""
     trials = []
-    for point, cfg in points:
-        for seed in seeds:
+    for point, cfg, *own in points:
+        for seed in (own[0] if own else seeds):
             trials.append({"name": trial_name(point, seed), "point": point, "seed": seed,
                            "config": cfg.replace(seed=seed).to_dict()})
     return trials

@@ -398,9 +398,35 @@ def run_ladder(seeds="1-10", epochs: int | None = None, limit_train: int | None 
                       {"epochs": first.epochs, "limit_train": first.limit_train}, wait)
 
 
+def run_frontier(seeds=None, only=None, limit_train: int | None = None, out_dir=None, device: str | None = None,
+                 address: str | None = None, cpus_per_trial: int | None = None, gpus_per_trial: float | None = None,
+                 max_failures: int = 2, resume: bool = True, verbose: int = 1, wait: bool = False) -> dict:
+    """The frontier (config.FRONTIER) as one sweep: each recipe a point with its own seeds (or `seeds` for all),
+    `only` some of them; as run() otherwise."""
+    from .config import frontier
+
+    try:
+        points = frontier(limit_train=limit_train, device=device)
+    except ConfigError as e:
+        raise SweepError(f"bad settings: {e}") from None
+    if only is not None:
+        unknown = sorted(set(only) - {name for name, _, _ in points})
+        if unknown:
+            raise SweepError(f"no frontier point {', '.join(unknown)} (points: {', '.join(n for n, _, _ in points)})")
+        points = [p for p in points if p[0] in only]
+    _check_settings(cpus_per_trial, gpus_per_trial, max_failures)
+    settings = Settings(address, cpus_per_trial, gpus_per_trial, max_failures, resume, verbose)
+    own = {name: parse_seeds(s if seeds is None else seeds) for name, _, s in points}
+    union = sorted(set().union(*own.values()))
+    return run_points("frontier", {"recipe": [name for name, _, _ in points]},
+                      [({"recipe": name}, cfg, own[name]) for name, cfg, _ in points], union, out_dir, settings,
+                      {"limit_train": limit_train, "precision": points[0][1].precision}, wait)
+
+
 def run_points(label: str, grid: dict, points: list, seeds, out_dir, settings: Settings, base_config: dict,
                wait: bool = False) -> dict:
-    """Train `seeds` of each (point, config) as one sweep into out_dir (locked while it runs)."""
+    """Train `seeds` of each (point, config) as one sweep into out_dir (locked while it runs); a point given as
+    (point, config, seeds) trains its own seeds."""
     seeds = parse_seeds(seeds)
     out = (Path(out_dir) if out_dir is not None else fresh_dir(label, OUTPUTS_DIR / "sweeps")).resolve()
     trials = plan(points, seeds)
@@ -458,8 +484,8 @@ def _run_locked(model: str, grid: dict, seeds: list[int], trials: list[dict], ou
              "base_config": base_config,
              "provenance": prov, "trials_requested": len(trials), "trials": []}
     state = _Sweep(out, trials, sweep, done, settings)
-    print(f"sweep of {model!r}: {len(trials)} trial(s) = {len(trials) // len(seeds)} grid point(s) x {len(seeds)} "
-          f"seed(s); {len(done)} finished earlier, {len(pending)} to run; writing {out / SWEEP_JSON}", flush=True)
+    print(f"sweep of {model!r}: {len(trials)} trial(s) = {len({json.dumps(t['point'], sort_keys=True) for t in trials})} "
+          f"grid point(s) x {len(seeds)} seed(s){' (or fewer)' if len(trials) % len(seeds) else ''}; {len(done)} finished earlier, {len(pending)} to run; writing {out / SWEEP_JSON}", flush=True)
     state.save()
     if pending:
         state.run_pending(pending)
