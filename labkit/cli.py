@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "or a finished `labkit sweep --out SRC` into data/sweeps/NAME")
     sh.add_argument("src", help="the run folder, or the sweep's folder (it holds sweep.json)")
     sh.add_argument("name", help="the name in data/runs/ or data/sweeps/ (e.g. baseline-e50-fp32, ladder-e5)")
+    sh.add_argument("--point", metavar="FIELD=VALUE",
+                    help="ship one point of the sweep SRC (e.g. recipe=best) into data/runs/NAME as one protocol")
     sh.set_defaults(func=cmd_ship)
 
     rd = sub.add_parser("readme", help="rewrite the README's results table from data/runs/results.json")
@@ -137,11 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_ship(args) -> int:
     from .records import MetricsError
     from .safeio import ReadRefused
-    from .shipped import ResultsError, ship, ship_sweep
+    from .shipped import ResultsError, ship, ship_point, ship_sweep
     from .sweep import SWEEP_JSON
 
+    is_sweep = (Path(args.src) / SWEEP_JSON).exists()
+    if args.point and not is_sweep:
+        return _fail("ship", f"--point picks a point of a sweep: {args.src} holds no {SWEEP_JSON}")
     try:
-        print(ship_sweep(args.src, args.name) if (Path(args.src) / SWEEP_JSON).exists() else ship(args.src, args.name))
+        if args.point:
+            print(ship_point(args.src, args.point, args.name))
+        else:
+            print(ship_sweep(args.src, args.name) if is_sweep else ship(args.src, args.name))
     except (ResultsError, MetricsError, ReadRefused) as e:
         return _fail("ship", e)
     return 0

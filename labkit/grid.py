@@ -233,3 +233,48 @@ def compare_points(sweep: dict, probs, y, field: str, a, b) -> dict:
     y = np.asarray(y)
     return {"a": a, "b": b, "seeds": seeds, "runs": paired_runs(acc(ta), acc(tb)),
             "mcnemar_ensemble": mcnemar_exact(ens(ta) == y, ens(tb) == y)}
+
+
+def first_at_or_above(trials: list[dict], threshold: float) -> tuple[int, float] | None:
+    """(epoch, training seconds) at which the mean test accuracy over `trials` (the same recipe, every seed)
+    first reaches `threshold`: the first epoch whose mean is at or above it, and the mean over seeds of the
+    training seconds up to the end of that epoch; None when no epoch reaches it."""
+    import numpy as np
+
+    epochs = min(len(t["epochs"]) for t in trials)
+    acc = np.array([[e["test_acc"] for e in t["epochs"][:epochs]] for t in trials]).mean(0)  # (epochs,)
+    secs = np.array([np.cumsum([e["seconds"] for e in t["epochs"][:epochs]]) for t in trials]).mean(0)
+    hit = np.nonzero(acc >= threshold)[0]
+    return (int(hit[0]) + 1, float(secs[hit[0]])) if len(hit) else None
+
+
+def frontier_rows(sweep: dict, field: str = "recipe", thresholds=(0.99, 0.995)) -> list[dict]:
+    """One row per point of a frontier sweep: its config, parameters, runs, training and wall seconds per run
+    (means over runs), final test accuracy (mean, std, 95 % t interval) and, per threshold, the first epoch at
+    or above it with the training seconds to get there (first_at_or_above)."""
+    import numpy as np
+
+    from .models import build_model, count_parameters
+    from .stats import mean_interval
+
+    rows = []
+    for point in sweep["grid"][field]:
+        trials = [t for t in trials_of(sweep, field, point) if not t.get("diverged")]
+        if not trials:
+            rows.append({"point": point, "runs": 0, "diverged": len(trials_of(sweep, field, point))})
+            continue
+        accs = np.array([t["epochs"][-1]["test_acc"] for t in trials])
+        cfg = trials[0]["config"]
+        row = {"point": point, "model": cfg["model"], "epochs": cfg["epochs"], "runs": len(trials),
+               "diverged": len(trials_of(sweep, field, point)) - len(trials),
+               "precision": sorted({t.get("precision") or cfg["precision"] for t in trials}),
+               "parameters": count_parameters(build_model(cfg["model"])),
+               "train_seconds": float(np.mean([sum(e["seconds"] for e in t["epochs"]) for t in trials])),
+               "wall_seconds": float(np.mean([t["wall_seconds"] for t in trials])),
+               "test_acc": accs.tolist(), "mean": float(accs.mean()),
+               "std": float(accs.std(ddof=1)) if len(accs) > 1 else math.nan,
+               "ci95": mean_interval(accs) if len(accs) > 1 else (math.nan, math.nan)}
+        for th in thresholds:
+            row[f"to_{th}"] = first_at_or_above(trials, th)
+        rows.append(row)
+    return rows

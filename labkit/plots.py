@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 import numpy as np
 
 from . import stats
@@ -334,5 +334,41 @@ def ladder_figure(sweep: dict, rungs: list[str], title: str = ""):
     bottom.set_yscale("log")
     bottom.set_ylabel("seconds per run")
     bottom.set_xticks(xs, rungs, rotation=30, ha="right")
+    fig.tight_layout()
+    return fig
+
+
+def frontier_figure(rows: list[dict], published=(), title: str = ""):
+    """Final test accuracy against training seconds per run (log axis): every run a dot, each recipe's mean with
+    its 95 % t interval; the points of one model joined in order of cost (a model's budgets); published figures
+    as dashed lines, labelled as published."""
+    fig, ax = plt.subplots(figsize=(10.5, 5.8))
+    colors = dict(zip(sorted({r["model"] for r in rows if r["runs"]}), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for model in colors:
+        mine = sorted((r for r in rows if r["runs"] and r["model"] == model), key=lambda r: r["train_seconds"])
+        for r in mine:
+            accs = 100 * np.asarray(r["test_acc"])
+            ax.plot(np.full(len(accs), r["train_seconds"]), accs, ".", color=colors[model], alpha=0.35, markersize=5)
+            lo, hi = r["ci95"]
+            err = [[100 * (r["mean"] - lo)], [100 * (hi - r["mean"])]] if r["runs"] > 1 else None
+            ax.errorbar(r["train_seconds"], 100 * r["mean"], yerr=err, fmt="o", color=colors[model], capsize=3,
+                        markersize=6, markeredgecolor="black")
+            ax.annotate(f" {r['point']}", (r["train_seconds"], 100 * r["mean"]), fontsize=8, va="bottom")
+        if len(mine) > 1:
+            ax.plot([r["train_seconds"] for r in mine], [100 * r["mean"] for r in mine], "-", color=colors[model],
+                    alpha=0.6, label=f"{model} CNN, {len(mine)} budgets")
+    for label, acc, *_ in published:
+        ax.axhline(100 * acc, color="gray", linestyle="--", linewidth=0.8)
+        ax.annotate(f"published: {label} {100 * acc:.2f} %", (1.0, 100 * acc), xycoords=("axes fraction", "data"),
+                    ha="right", va="bottom", fontsize=7, color="dimgray")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 10, 100, not 10^1, 10^2
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+    ax.set_xlabel("training seconds per run (log scale)")
+    ax.set_ylabel("final-epoch test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    if any(len([r for r in rows if r["runs"] and r["model"] == m]) > 1 for m in colors):
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title or "Cost against accuracy (dots: runs; circles: mean with 95 % interval)")
     fig.tight_layout()
     return fig

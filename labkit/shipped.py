@@ -21,7 +21,10 @@ RUNS_DIR = SHIPPED_DIR
 SWEEPS_DIR = DATA_DIR / "sweeps"  # shipped sweeps: the learning-rate grids and the ablation ladder
 MANIFEST = RUNS_DIR / "SHA256SUMS"
 RESULTS = RUNS_DIR / "results.json"
-SHIPPED = {"baseline": "baseline-e50-fp32", "improved": "improved-e5-fp32"}  # model -> its shipped ten-run protocol
+# recipe -> its shipped ten-run protocol; "best" ships the frontier's ten runs of it (data/runs/README.md)
+SHIPPED = {"baseline": "baseline-e50-fp32", "improved": "improved-e5-fp32", "best": "improved-e20-bf16"}
+LABELS = {"baseline": "the report's network, its recipe", "improved": "improved model",
+          "best": "improved model, the best recipe"}
 PROBS = "test_probabilities.npz"  # (runs, 10000, 10) float32 softmax of each run's final model
 
 
@@ -209,6 +212,44 @@ def ship(src, name: str) -> Path:
     return dst
 
 
+def ship_point(src, point: str, name: str) -> Path:
+    """Ship the runs of one point of a finished sweep (point "FIELD=VALUE", e.g. the frontier's "recipe=best") into
+    data/runs/name as one protocol, as ship() ships a `labkit train --runs N` folder: one metrics.json of every
+    seed's run, epochs.csv, the test-set probabilities; then SHA256SUMS and results.json."""
+    from .config import differing_fields
+    from .safeio import read_json
+
+    src = Path(src)
+    field, eq, value = point.partition("=")
+    if not eq:
+        raise ResultsError(f"point {point!r} is not FIELD=VALUE (e.g. recipe=best)")
+    sweep = read_json(src / "sweep.json", what="a sweep.json")
+    trials = sorted((t for t in sweep["trials"] if str((t.get("point") or {}).get(field)) == value), key=lambda t: t["seed"])
+    if not trials:
+        have = sorted({str(v) for t in sweep["trials"] for k, v in (t.get("point") or {}).items() if k == field})
+        raise ResultsError(f"{src}: no finished trial of {point} (have: {', '.join(have) or 'none'})")
+    folders = [RunFolder(t["dir"]) for t in trials]
+    metrics = [f.metrics() for f in folders]
+    for t, m in zip(trials, metrics):
+        run = m["runs"][0]
+        if t.get("diverged") or len(run["epochs"]) != m["config"]["epochs"]:
+            raise ResultsError(f"{t['dir']}: not finished (diverged, or cut short)")
+        if differing_fields(m["config"], metrics[0]["config"]):
+            raise ResultsError(f"{t['dir']}: another config than {trials[0]['dir']} "
+                               f"({', '.join(differing_fields(m['config'], metrics[0]['config']))})")
+    merged = {"config": metrics[0]["config"], "runs_requested": len(trials),
+              "provenance": {**metrics[0]["provenance"], "shipped_from": f"{display_path(src)} ({point})"},
+              "runs": [m["runs"][0] for m in metrics]}
+    dst = RUNS_DIR / name
+    dst.mkdir(parents=True, exist_ok=True)
+    RunFolder(dst).write(merged)
+    probs = _probabilities([(f.checkpoint(t["seed"]), m["runs"][0]["epochs"]) for f, t, m in zip(folders, trials, metrics)])
+    atomic_write(dst / PROBS, lambda p: np.savez_compressed(open(p, "wb"), probs=probs))
+    _update_manifest(None, name)
+    write_results()
+    return dst
+
+
 def readme_table(results: dict | None = None) -> str:
     """The README's ten-run table (the report's rows beside each shipped protocol's), from results.json."""
     results = results if results is not None else read_results()
@@ -219,7 +260,7 @@ def readme_table(results: dict | None = None) -> str:
         for model, protocol in SHIPPED.items():
             h = results[protocol]
             s = h[split]
-            label = {"baseline": "the report's network, its recipe", "improved": "improved model"}[model]
+            label = LABELS[model]
             ens = f"{h['ensemble_test_acc']:.4f}" if split == "test" else ""
             rows.append(f"| {name} — {label} ({h['runs']} runs × {h['epochs']} epochs, {'/'.join(h['precision'])}) "
                         f"| {s['best']:.4f} | {s['worst']:.4f} | {s['mean']:.5f} | {s['std']:.6f} | {ens} |")

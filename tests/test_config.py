@@ -18,7 +18,7 @@ def test_defaults_are_the_reports_recipe():
 
 
 def test_every_model_has_a_recipe_and_a_class():
-    assert set(RECIPES) == set(MODEL_NAMES) == set(MODELS)
+    assert set(RECIPES) - {"best"} == set(MODEL_NAMES) == set(MODELS)  # "best": the improved CNN's second recipe
     for name in MODEL_NAMES:
         assert recipe(name).model == name
 
@@ -74,7 +74,9 @@ def test_choice_lists_are_the_ones_the_cli_offers():
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     choices = {a.dest: tuple(a.choices) for a in train._actions if a.choices}
-    assert choices == {"model": MODEL_NAMES, "device": DEVICES, "precision": PRECISIONS}
+    from labkit.config import RECIPE_NAMES
+
+    assert choices == {"model": RECIPE_NAMES, "device": DEVICES, "precision": PRECISIONS}
     assert SCHEDULES == ("constant", "onecycle", "step")
 
 
@@ -153,3 +155,30 @@ def test_the_ladder_climbs_from_the_report_to_the_improved_recipe_one_change_per
         differ = {k for k, v in rungs[name].to_dict().items() if rungs[before].to_dict()[k] != v}
         assert differ and differ <= set(changes), (name, differ)
     assert len({cfg.epochs for cfg in rungs.values()}) == 1 and all(c.precision == "fp32" for c in rungs.values())
+
+
+def test_the_best_recipe_is_the_improved_recipe_for_twenty_epochs():
+    from labkit.config import RECIPE_NAMES
+
+    best = recipe("best")
+    assert best == recipe("improved", epochs=20) and best.model == "improved"
+    assert "best" in RECIPE_NAMES and "best" not in MODEL_NAMES  # a recipe of the improved CNN, not a network
+    assert recipe("best", epochs=3).epochs == 3
+
+
+def test_the_frontier_trains_every_recipe_at_one_precision_with_its_own_seeds():
+    from labkit.config import FRONTIER, frontier
+    from labkit.grid import parse_seeds
+
+    points = frontier()
+    assert [name for name, *_ in points] == [name for name, *_ in FRONTIER]
+    budgets = sorted(c.epochs for name, c, _ in points if name.startswith("improved-"))
+    assert budgets == [1, 2, 3, 5, 8, 15]  # the budgets the frontier must show, and the best recipe beside them
+    by_name = {name: (c, parse_seeds(s)) for name, c, s in points}
+    for peer in ("examples", "keras", "deotte"):
+        assert by_name[peer][0] == recipe(peer, precision="auto") and len(by_name[peer][1]) >= 3
+    for name in ("best", *(f"improved-e{e}" for e in budgets)):
+        assert len(by_name[name][1]) == 10 and by_name[name][0].model == "improved"
+    assert by_name["best"][0] == recipe("best")
+    assert {c.precision for _, c, _ in points} == {"auto"}
+    assert all(c.limit_train == 500 and c.device == "cpu" for _, c, _ in frontier(limit_train=500, device="cpu"))

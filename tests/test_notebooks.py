@@ -77,3 +77,15 @@ def test_notebook_06_retrains_the_whole_ladder_and_its_checks_hold(tmp_path):
     s = load_sweep(tmp_path / "ladder")
     assert s["grid"]["rung"] == list(ladder()) and len(s["trials"]) == 2 * len(ladder())
     assert "every run checked against its probabilities and its rung's definition" in _text(nb)
+
+
+def test_notebook_07_retrains_some_frontier_points_and_its_checks_hold(tmp_path):
+    from labkit.sweep import load_sweep
+
+    nb = _run(tmp_path, "07_frontier", retrain=True, only="improved-e1,keras", seeds="1-2", limit_train=400,
+              out_dir=str(tmp_path / "frontier"))
+    s = load_sweep(tmp_path / "frontier")
+    assert s["grid"]["recipe"] == ["keras", "improved-e1"] and len(s["trials"]) == 4
+    text = _text(nb)
+    assert "every run checked against its recipe's definition and its probabilities" in text
+    assert "improved-e1 − keras" not in text and "2 recipes, 4 runs" in text

@@ -58,7 +58,7 @@ def test_readme_quotes_results_json():
     assert shipped.readme_table() in README.read_text(encoding="utf-8"), "README is stale: run `labkit readme`"
 
 
-@pytest.mark.parametrize("name", ["lr-baseline-e5", "lr-baseline-normalized-e5", "ladder-e5"])
+@pytest.mark.parametrize("name", ["lr-baseline-e5", "lr-baseline-normalized-e5", "ladder-e5", "frontier"])
 def test_shipped_sweeps_match_their_manifest_and_their_probabilities(name):
     from labkit.data import load_mnist
 
@@ -92,3 +92,23 @@ def test_the_shipped_ladder_is_the_ladder_labkit_defines():
     for t in sweep["trials"]:
         want = defined[t["point"]["rung"]].replace(seed=t["seed"]).to_dict()
         assert not differing_fields(t["config"], want, ignore=("device",)), t["name"]
+
+
+def test_the_shipped_frontier_is_the_frontier_labkit_defines_and_best_ships_its_best_runs():
+    from labkit.config import differing_fields, frontier
+    from labkit.grid import parse_seeds
+
+    sweep = shipped.load_sweep("frontier")["sweep"]
+    defined = frontier()
+    assert sweep["grid"]["recipe"] == [name for name, _, _ in defined]
+    seeds = {name: parse_seeds(s) for name, _, s in defined}
+    assert [t["name"] for t in sweep["trials"]] == [f"recipe={n},seed={s}" for n, _, _ in defined for s in seeds[n]]
+    cfgs = {name: cfg for name, cfg, _ in defined}
+    for t in sweep["trials"]:
+        want = cfgs[t["point"]["recipe"]].replace(seed=t["seed"]).to_dict()
+        assert not differing_fields(t["config"], want, ignore=("device",)), t["name"]
+        assert not t.get("diverged") and len(t["epochs"]) == want["epochs"]
+    best = shipped.load(shipped.SHIPPED["best"])["metrics"]  # the best recipe's protocol: the frontier's best runs
+    runs = [t for t in sweep["trials"] if t["point"]["recipe"] == "best"]
+    assert [r["epochs"] for r in best["runs"]] == [t["epochs"] for t in runs]
+    assert not differing_fields(best["config"], cfgs["best"].to_dict(), ignore=("device", "seed"))

@@ -376,3 +376,116 @@ def test_the_ladder_figure_shows_every_rung_with_its_runs():
     top = fig.axes[0]
     dots = [line for line in top.get_lines() if line.get_linestyle() == "None" and len(line.get_xdata()) == 3]
     assert len(dots) == 2 and [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["report", "relu"]
+
+
+def test_a_point_with_its_own_seeds_trains_those():
+    base = recipe("baseline", epochs=1)
+    trials = grid.plan([({"p": "a"}, base, [1, 2, 3]), ({"p": "b"}, base)], [7])
+    assert [(t["point"]["p"], t["seed"]) for t in trials] == [("a", 1), ("a", 2), ("a", 3), ("b", 7)]
+    assert [t["config"]["seed"] for t in trials] == [1, 2, 3, 7]
+
+
+def _curve(accs, secs):
+    return [{"epoch": i + 1, "test_acc": a, "seconds": s} for i, (a, s) in enumerate(zip(accs, secs))]
+
+
+def test_first_at_or_above_is_the_first_epoch_whose_mean_over_seeds_reaches_the_threshold():
+    trials = [{"epochs": _curve([0.98, 0.991, 0.996], [10, 10, 10])},
+              {"epochs": _curve([0.985, 0.988, 0.994], [12, 12, 12])}]
+    # means over seeds per epoch: 0.9825, 0.9895, 0.995; cumulative seconds: 11, 22, 33
+    assert grid.first_at_or_above(trials, 0.99) == (3, 33.0)
+    assert grid.first_at_or_above(trials, 0.989) == (2, 22.0)
+    assert grid.first_at_or_above(trials, 0.98) == (1, 11.0)  # at or above
+    assert grid.first_at_or_above(trials, 0.999) is None
+
+
+def test_frontier_rows_summarise_each_recipe_and_the_figure_draws_them():
+    import numpy as np
+
+    from labkit import plots
+    from labkit.config import PUBLISHED
+    from labkit.models import build_model, count_parameters
+    from labkit.stats import mean_interval
+
+    def trial(point, model, seed, accs, secs):
+        return {"name": f"recipe={point},seed={seed}", "point": {"recipe": point}, "seed": seed, "diverged": None,
+                "precision": "bf16", "config": {"model": model, "epochs": len(accs), "precision": "auto"},
+                "epochs": _curve(accs, secs), "wall_seconds": sum(secs) + 1.0}
+
+    s = {"grid": {"recipe": ["keras", "improved-e1", "improved-e2"]}, "trials": [
+        trial("keras", "keras", 1, [0.97, 0.985], [5, 5]), trial("keras", "keras", 2, [0.975, 0.987], [6, 6]),
+        trial("keras", "keras", 3, [0.972, 0.986], [5, 5]),
+        trial("improved-e1", "improved", 1, [0.989], [9]), trial("improved-e1", "improved", 2, [0.991], [11]),
+        trial("improved-e2", "improved", 1, [0.99, 0.9951], [9, 9]),
+        trial("improved-e2", "improved", 2, [0.988, 0.9955], [11, 11])]}
+    rows = {r["point"]: r for r in grid.frontier_rows(s)}
+    k = rows["keras"]
+    assert k["runs"] == 3 and k["parameters"] == count_parameters(build_model("keras")) == 34_826
+    assert k["train_seconds"] == pytest.approx(32 / 3) and k["wall_seconds"] == pytest.approx(32 / 3 + 1)
+    assert k["mean"] == pytest.approx(np.mean([0.985, 0.987, 0.986]))
+    assert k["ci95"] == pytest.approx(mean_interval([0.985, 0.987, 0.986]))
+    assert k["to_0.99"] is None and k["precision"] == ["bf16"]
+    assert rows["improved-e1"]["to_0.99"] == (1, 10.0)  # mean 0.990
+    assert rows["improved-e2"]["to_0.99"] == (2, 20.0) and rows["improved-e2"]["to_0.995"] == (2, 20.0)
+    fig = plots.frontier_figure(list(rows.values()), PUBLISHED)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    texts = [t.get_text() for t in ax.texts]
+    assert sum(t.startswith("published:") for t in texts) == len(PUBLISHED)
+    assert {t.strip() for t in texts if not t.startswith("published:")} == {"keras", "improved-e1", "improved-e2"}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["improved CNN, 2 budgets"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--ladder", "--frontier"], "one of --ladder and --frontier"),
+    (["--frontier", "--epochs", "2"], "leave out --model, --grid, --precision, --epochs"),
+    (["--frontier", "--model", "keras"], "leave out --model"),
+    (["--model", "baseline", "--only", "keras"], "--only picks points of --frontier"),
+    (["--frontier", "--only", "keras,nosuch"], "no frontier point nosuch"),
+])
+def test_frontier_mistakes_are_one_line_before_anything_runs(tmp_path, capsys, args, says):
+    assert cli_main(["sweep", *args, "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1 and not (tmp_path / "s").exists()
+
+
+def test_the_frontier_sweep_trains_the_chosen_points_and_ships_one_as_a_protocol(tmp_path, ray_tmp, monkeypatch):
+    import numpy as np
+
+    from labkit import shipped
+    from labkit.config import frontier
+    from labkit.data import load_mnist
+
+    out = tmp_path / "frontier"
+    s = sweep.run_frontier("1-2", ["keras", "improved-e1"], limit_train=300, out_dir=out, device="cpu",
+                           cpus_per_trial=1, verbose=0)
+    assert s["grid"] == {"recipe": ["keras", "improved-e1"]} and not s["failed"]
+    want = {name: cfg for name, cfg, _ in frontier(limit_train=300, device="cpu")}
+    assert [t["name"] for t in s["trials"]] == ["recipe=keras,seed=1", "recipe=keras,seed=2",
+                                                "recipe=improved-e1,seed=1", "recipe=improved-e1,seed=2"]
+    for t in s["trials"]:
+        assert t["config"] == want[t["point"]["recipe"]].replace(seed=t["seed"]).to_dict()
+        assert len(t["epochs"]) == want[t["point"]["recipe"]].epochs
+    assert "holdout_acc" in s["trials"][0]["epochs"][0]  # keras holds out 10 % of its training images
+    rows = grid.frontier_rows(s)
+    assert [r["runs"] for r in rows] == [2, 2] and all(r["train_seconds"] > 0 for r in rows)
+    assert json.loads((out / "sweep.json").read_text())["trials_requested"] == 4
+    # one point shipped as a two-run protocol, into a copy of data/runs
+    runs = tmp_path / "runs"
+    for name, value in (("RUNS_DIR", runs), ("MANIFEST", runs / "SHA256SUMS"), ("RESULTS", runs / "results.json")):
+        monkeypatch.setattr(shipped, name, value)
+    with pytest.raises(shipped.ResultsError, match="no finished trial of recipe=nosuch"):
+        shipped.ship_point(out, "recipe=nosuch", "x")
+    shipped.ship_point(out, "recipe=keras", "keras-e15")
+    got = shipped.load("keras-e15")
+    assert [r["seed"] for r in got["metrics"]["runs"]] == [1, 2] and got["probs"].shape == (2, 10_000, 10)
+    y = load_mnist("test")[1]
+    for run, pr in zip(got["metrics"]["runs"], got["probs"]):
+        assert (pr.argmax(1) == np.asarray(y)).mean() == pytest.approx(run["epochs"][-1]["test_acc"], abs=1e-6)
+    assert shipped.read_results()["keras-e15"]["runs"] == 2
+
+
+def test_ship_point_of_a_folder_without_a_sweep_is_one_line(tmp_path, capsys):
+    assert cli_main(["ship", str(tmp_path), "x", "--point", "recipe=best"]) == 2
+    err = capsys.readouterr().err
+    assert "--point picks a point of a sweep" in err and err.count("\n") == 1
