@@ -207,7 +207,7 @@ RECIPES["deotte"] = dict(model="deotte", optimizer="adam", lr=1e-3, schedule="st
                          augment_shift=2.8, holdout=0.1)
 # The accurate recipe beside the fast one: the improved CNN and recipe for 20 epochs (notebook 07, the frontier)
 RECIPES["best"] = {**RECIPES["improved"], "epochs": 20}
-RECIPE_NAMES = tuple(RECIPES)  # what `labkit train --model` takes: every model's recipe, and "best" (the improved CNN's)
+RECIPE_NAMES = (*MODEL_NAMES, "best")  # what `labkit train --model` takes: every model's recipe, and "best" (the improved CNN's)
 
 # The frontier (notebook 07): test accuracy against seconds per run, every recipe trained on one machine by one
 # command, `labkit sweep --frontier` (data/sweeps/README.md). Seeds: ten where a run costs under ~2 minutes on

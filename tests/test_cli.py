@@ -57,7 +57,7 @@ def test_help_offers_the_declared_choices_and_no_model_named_seed(capsys):
     with pytest.raises(SystemExit):
         cli_main(["train", "--help"])
     text = capsys.readouterr().out
-    assert "{" + ",".join(MODEL_NAMES) + "}" in text and "{" + ",".join(PRECISIONS) + "}" in text
+    assert "{" + ",".join((*MODEL_NAMES, "best")) + "}" in text and "{" + ",".join(PRECISIONS) + "}" in text
     assert "{seed" not in text and "seed," not in text
 
 

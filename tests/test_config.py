@@ -162,7 +162,8 @@ def test_the_best_recipe_is_the_improved_recipe_for_twenty_epochs():
 
     best = recipe("best")
     assert best == recipe("improved", epochs=20) and best.model == "improved"
-    assert "best" in RECIPE_NAMES and "best" not in MODEL_NAMES  # a recipe of the improved CNN, not a network
+    assert set(RECIPE_NAMES) == set(RECIPES) and RECIPE_NAMES == (*MODEL_NAMES, "best")
+    assert "best" not in MODEL_NAMES  # a recipe of the improved CNN, not a network
     assert recipe("best", epochs=3).epochs == 3
 
 
