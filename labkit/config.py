@@ -210,8 +210,8 @@ RECIPES["best"] = {**RECIPES["improved"], "epochs": 20}
 RECIPE_NAMES = (*MODEL_NAMES, "best")  # what `labkit train --model` takes: every model's recipe, and "best" (the improved CNN's)
 
 # The frontier (notebook 07): test accuracy against seconds per run, every recipe trained on one machine by one
-# command, `labkit sweep --frontier` (data/sweeps/README.md). Seeds: ten where a run costs under ~2 minutes on
-# 2 cores, three for the peers whose runs cost more. Precision "auto" for every point: bf16 where the hardware
+# command, `labkit sweep --frontier` (data/sweeps/README.md). Seeds: ten for labkit's points, three for each peer
+# (every peer's run costs over 2 minutes on 2 cores). Precision "auto" for every point: bf16 where the hardware
 # has it (AMX CPUs, GPUs), else fp32, so that the recipes, not the arithmetic, differ.
 FRONTIER_PRECISION = "auto"
 FRONTIER = (  # (point, recipe, fields it changes, seeds); longest runs first, so that two cores finish together
