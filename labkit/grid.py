@@ -259,14 +259,15 @@ def frontier_rows(sweep: dict, field: str = "recipe", thresholds=(0.99, 0.995)) 
 
     rows = []
     for point in sweep["grid"][field]:
-        trials = [t for t in trials_of(sweep, field, point) if not t.get("diverged")]
+        every = trials_of(sweep, field, point)
+        trials = [t for t in every if not t.get("diverged")]
         if not trials:
-            rows.append({"point": point, "runs": 0, "diverged": len(trials_of(sweep, field, point))})
+            rows.append({"point": point, "runs": 0, "diverged": len(every)})
             continue
         accs = np.array([t["epochs"][-1]["test_acc"] for t in trials])
         cfg = trials[0]["config"]
         row = {"point": point, "model": cfg["model"], "epochs": cfg["epochs"], "runs": len(trials),
-               "diverged": len(trials_of(sweep, field, point)) - len(trials),
+               "diverged": len(every) - len(trials),
                "precision": sorted({t.get("precision") or cfg["precision"] for t in trials}),
                "parameters": count_parameters(build_model(cfg["model"])),
                "train_seconds": float(np.mean([sum(e["seconds"] for e in t["epochs"]) for t in trials])),

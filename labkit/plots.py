@@ -344,6 +344,7 @@ def frontier_figure(rows: list[dict], published=(), title: str = ""):
     as dashed lines, labelled as published."""
     fig, ax = plt.subplots(figsize=(10.5, 5.8))
     colors = dict(zip(sorted({r["model"] for r in rows if r["runs"]}), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    joined = False  # a model with several budgets, drawn as a line with a legend entry
     for model in colors:
         mine = sorted((r for r in rows if r["runs"] and r["model"] == model), key=lambda r: r["train_seconds"])
         for r in mine:
@@ -355,6 +356,7 @@ def frontier_figure(rows: list[dict], published=(), title: str = ""):
                         markersize=6, markeredgecolor="black")
             ax.annotate(f" {r['point']}", (r["train_seconds"], 100 * r["mean"]), fontsize=8, va="bottom")
         if len(mine) > 1:
+            joined = True
             ax.plot([r["train_seconds"] for r in mine], [100 * r["mean"] for r in mine], "-", color=colors[model],
                     alpha=0.6, label=f"{model} CNN, {len(mine)} budgets")
     for label, acc, *_ in published:
@@ -367,7 +369,7 @@ def frontier_figure(rows: list[dict], published=(), title: str = ""):
     ax.set_xlabel("training seconds per run (log scale)")
     ax.set_ylabel("final-epoch test accuracy (%)")
     ax.grid(alpha=0.3, which="both")
-    if any(len([r for r in rows if r["runs"] and r["model"] == m]) > 1 for m in colors):
+    if joined:
         ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title or "Cost against accuracy (dots: runs; circles: mean with 95 % interval)")
     fig.tight_layout()

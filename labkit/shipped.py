@@ -1,7 +1,8 @@
 """The shipped results: each protocol's runs (metrics.json, epochs.csv, test-set probabilities) in
 data/runs/<name>/, a SHA-256 manifest, and results.json, the one place the headline figures live.
 
-`labkit ship SRC NAME` ships a folder `labkit train --runs 10 --out SRC` wrote; `labkit readme`
+`labkit ship SRC NAME` ships a folder `labkit train --runs 10 --out SRC` wrote (or, with --point, one point of
+a sweep); `labkit readme`
 rewrites the README's results table from results.json.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .runfolder import EPOCHS_CSV, METRICS, SHIPPED_DIR, RunFolder
 from .stats import per_digit_accuracy, summarize
 
 RUNS_DIR = SHIPPED_DIR
-SWEEPS_DIR = DATA_DIR / "sweeps"  # shipped sweeps: the learning-rate grids and the ablation ladder
+SWEEPS_DIR = DATA_DIR / "sweeps"  # shipped sweeps: the learning-rate grids, the ablation ladder, the frontier
 MANIFEST = RUNS_DIR / "SHA256SUMS"
 RESULTS = RUNS_DIR / "results.json"
 # recipe -> its shipped ten-run protocol; "best" ships the frontier's ten runs of it (data/runs/README.md)
@@ -205,7 +206,14 @@ def ship(src, name: str) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     for f in (METRICS, EPOCHS_CSV):
         shutil.copyfile(src.path / f, dst / f)
-    probs = _probabilities([(src.checkpoint(r["seed"]), r["epochs"]) for r in metrics["runs"]])
+    return _shelve(name, [(src.checkpoint(r["seed"]), r["epochs"]) for r in metrics["runs"]])
+
+
+def _shelve(name: str, runs: list[tuple[Path, list]]) -> Path:
+    """The rest of shipping a protocol whose metrics.json and epochs.csv are in data/runs/name: the test-set
+    probabilities of each (checkpoint, its epochs), then SHA256SUMS and results.json."""
+    dst = RUNS_DIR / name
+    probs = _probabilities(runs)
     atomic_write(dst / PROBS, lambda p: np.savez_compressed(open(p, "wb"), probs=probs))
     _update_manifest(None, name)
     write_results()
@@ -240,14 +248,9 @@ def ship_point(src, point: str, name: str) -> Path:
     merged = {"config": metrics[0]["config"], "runs_requested": len(trials),
               "provenance": {**metrics[0]["provenance"], "shipped_from": f"{display_path(src)} ({point})"},
               "runs": [m["runs"][0] for m in metrics]}
-    dst = RUNS_DIR / name
-    dst.mkdir(parents=True, exist_ok=True)
-    RunFolder(dst).write(merged)
-    probs = _probabilities([(f.checkpoint(t["seed"]), m["runs"][0]["epochs"]) for f, t, m in zip(folders, trials, metrics)])
-    atomic_write(dst / PROBS, lambda p: np.savez_compressed(open(p, "wb"), probs=probs))
-    _update_manifest(None, name)
-    write_results()
-    return dst
+    (RUNS_DIR / name).mkdir(parents=True, exist_ok=True)
+    RunFolder(RUNS_DIR / name).write(merged)
+    return _shelve(name, [(f.checkpoint(t["seed"]), m["runs"][0]["epochs"]) for f, t, m in zip(folders, trials, metrics)])
 
 
 def readme_table(results: dict | None = None) -> str:
