@@ -133,7 +133,7 @@ class _SyncCounter:
 
 
 def check_setup(c: Checks, torch) -> None:
-    from labkit.config import recipe
+    from labkit.recipes import recipe
     from labkit.device import apply, setup_run
 
     cap = torch.cuda.get_device_capability()
@@ -156,7 +156,7 @@ def check_setup(c: Checks, torch) -> None:
 
 
 def check_data(c: Checks, torch, limit, ctx) -> None:
-    from labkit.config import recipe
+    from labkit.recipes import recipe
     from labkit.data import mnist_tensors
     from labkit.train import train_run
 
@@ -172,7 +172,7 @@ def check_data(c: Checks, torch, limit, ctx) -> None:
 
 
 def check_baseline_epoch(c: Checks, torch, limit, ctx) -> None:
-    from labkit.config import recipe
+    from labkit.recipes import recipe
     from labkit.train import train_run
 
     data = ctx["data"]
@@ -201,7 +201,7 @@ def check_baseline_epoch(c: Checks, torch, limit, ctx) -> None:
 
 
 def check_same_seed(c: Checks, torch, limit) -> None:
-    from labkit.config import recipe
+    from labkit.recipes import recipe
     from labkit.data import mnist_tensors
     from labkit.train import train_run
 
@@ -217,7 +217,7 @@ def check_same_seed(c: Checks, torch, limit) -> None:
 
 
 def check_batch_order(c: Checks, torch) -> None:
-    from labkit.config import recipe
+    from labkit.recipes import recipe
     from labkit.data import mnist_tensors
     from labkit.train import train_run
 
@@ -235,7 +235,7 @@ def check_batch_order(c: Checks, torch) -> None:
 
 
 def check_baseline_bf16(c: Checks, torch, limit, ctx) -> None:
-    from labkit.config import recipe
+    from labkit.recipes import recipe
     from labkit.train import train_run
 
     r = train_run(recipe("baseline", epochs=1, limit_train=limit, precision="bf16", device="cuda"), data=ctx["data"])
@@ -247,7 +247,7 @@ def check_baseline_bf16(c: Checks, torch, limit, ctx) -> None:
 def check_improved(c: Checks, torch, limit, ctx) -> None:
     from labkit.checkpoint import load_checkpoint
     from labkit.predict import predict_proba
-    from labkit.config import recipe
+    from labkit.recipes import recipe
     from labkit.data import mnist_tensors
     from labkit.train import evaluate, train_run
 
@@ -275,7 +275,7 @@ def check_improved(c: Checks, torch, limit, ctx) -> None:
 
 
 def check_stop(c: Checks, torch) -> None:
-    from labkit.config import recipe
+    from labkit.recipes import recipe
     from labkit.progress import Progress
     from labkit.records import load_metrics
     from labkit.train import TrainingStopped, train_runs
@@ -353,7 +353,7 @@ def check_tf32(c: Checks, torch) -> None:
 
 
 def check_speed(c: Checks, torch, limit, epochs_timed: int, ctx) -> None:
-    from labkit.config import recipe
+    from labkit.recipes import recipe
     from labkit.records import load_metrics
     from labkit.train import train_run
 

@@ -69,7 +69,7 @@ def worker(kind: str, rounds: int) -> None:
         _wait_go()  # exit only when the parent closes: a worker's teardown must not overlap another's epoch
         return
     from labkit import fastpath
-    from labkit.config import recipe
+    from labkit.recipes import recipe
     from labkit.train import train_run
 
     cfg = recipe("improved" if kind == "improved" else "baseline", epochs=rounds, device="cpu")
@@ -176,7 +176,7 @@ def profile_steps(n: int = 20) -> None:
 def gpu_protocol() -> None:
     import torch
 
-    from labkit.config import recipe
+    from labkit.recipes import recipe
     from labkit.progress import Progress
     from labkit.stats import summarize
     from labkit.train import train_runs
@@ -275,7 +275,7 @@ def main() -> None:
             print(f"speed-up of {k} over the report's loop: median {statistics.median(ratios):.2f}x "
                   f"(per round: {', '.join(f'{x:.2f}' for x in ratios)}); {target}; kernel {kern}")
     if "improved" in results:
-        from labkit.config import recipe
+        from labkit.recipes import recipe
 
         rows = results["improved"]  # wall: this run's training, evaluation and checkpoints so far
         walls = [b["wall"] - a["wall"] for a, b in zip([{"wall": 0.0}] + rows, rows)]

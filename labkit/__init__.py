@@ -3,7 +3,8 @@
 The modules in data-flow order (the map to read first; each imports only modules above it):
 
     config       paths (the checkout, found from an editable install, LABKIT_ROOT or the current folder),
-                 TrainConfig (every hyperparameter, one comment each), RECIPES, allowed values
+                 TrainConfig (every hyperparameter, one comment each), allowed values
+    recipes      what labkit trains and compares against: recipes, the ladder, the frontier, published figures
     safeio       bounded reads of files users name (regular files only, size limits, JSON)
     data         the IDX reader (bounded, checked), MNIST with SHA-256, MNIST as tensors, input scaling
     device       a run's setup in one place: CUDA or CPU, fp32 or bf16, TF32 and determinism; the processor

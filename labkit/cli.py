@@ -5,8 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import (PROJECT_ROOT, DEVICES, MODEL_NAMES, RECIPE_NAMES, N_TRAIN, PRECISIONS, PREPROCESSING, REPORT_TABLE,
-                     ConfigError, recipe)
+from .config import PROJECT_ROOT, DEVICES, MODEL_NAMES, N_TRAIN, PRECISIONS, PREPROCESSING, ConfigError
+from .recipes import RECIPE_NAMES, REPORT_TABLE, recipe
 
 
 def int_in(lo: int, hi: int | None = None):
@@ -179,9 +179,9 @@ def _add_sweep(subparsers) -> None:
     s = subparsers.add_parser("sweep", help="train a grid of configs x seeds on Ray Tune and write sweep.json")
     s.add_argument("--model", choices=MODEL_NAMES, help="the recipe the grid varies (required without --ladder)")
     s.add_argument("--ladder", action="store_true",
-                   help="train the ablation ladder (labkit.config.LADDER): each rung a point, --seeds each")
+                   help="train the ablation ladder (labkit.recipes.LADDER): each rung a point, --seeds each")
     s.add_argument("--frontier", action="store_true",
-                   help="train the frontier (labkit.config.FRONTIER): every recipe a point, each with its own seeds")
+                   help="train the frontier (labkit.recipes.FRONTIER): every recipe a point, each with its own seeds")
     s.add_argument("--only", help="with --frontier: some points only, e.g. improved-e1,keras")
     s.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
                    help="a TrainConfig field and its values, e.g. lr=1e-5,1e-4,1e-3; repeat for a product of fields")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DATA_DIR, REPORT_TABLE, display_path
+from .config import DATA_DIR, display_path
+from .recipes import REPORT_TABLE
 from .records import atomic_write, save_json
 from .runfolder import EPOCHS_CSV, METRICS, SHIPPED_DIR, RunFolder
 from .stats import per_digit_accuracy, summarize
@@ -169,7 +170,7 @@ def headline(name: str, y_test) -> dict:
 
 def command(metrics: dict) -> str:
     """The `labkit train` command that makes these runs (only what differs from the model's recipe)."""
-    from .config import recipe
+    from .recipes import recipe
 
     c, default = metrics["config"], recipe(metrics["config"]["model"]).to_dict()
     flags = {"epochs": "--epochs", "limit_train": "--limit-train", "lr": "--lr", "batch_size": "--batch-size",

@@ -15,7 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import OUTPUTS_DIR, ConfigError, TrainConfig, recipe
+from .config import OUTPUTS_DIR, ConfigError, TrainConfig
+from .recipes import recipe
 from .grid import (DEFAULT_CPUS_PER_TRIAL, FINAL_KEYS, SweepError, fmt_value, format_points, grid_points, parse_grid,
                    parse_seeds, plan)
 from .records import atomic_write, save_json
@@ -383,8 +384,8 @@ def run_ladder(seeds="1-10", epochs: int | None = None, limit_train: int | None 
                device: str | None = None, address: str | None = None, cpus_per_trial: int | None = None,
                gpus_per_trial: float | None = None, max_failures: int = 2, resume: bool = True, verbose: int = 1,
                wait: bool = False) -> dict:
-    """The ablation ladder (config.LADDER) as one sweep: each rung a point, `seeds` each; as run() otherwise."""
-    from .config import ladder
+    """The ablation ladder (recipes.LADDER) as one sweep: each rung a point, `seeds` each; as run() otherwise."""
+    from .recipes import ladder
 
     try:
         rungs = ladder(epochs=epochs, limit_train=limit_train, device=device)
@@ -401,9 +402,9 @@ def run_ladder(seeds="1-10", epochs: int | None = None, limit_train: int | None 
 def run_frontier(seeds=None, only=None, limit_train: int | None = None, out_dir=None, device: str | None = None,
                  address: str | None = None, cpus_per_trial: int | None = None, gpus_per_trial: float | None = None,
                  max_failures: int = 2, resume: bool = True, verbose: int = 1, wait: bool = False) -> dict:
-    """The frontier (config.FRONTIER) as one sweep: each recipe a point with its own seeds (or `seeds` for all),
+    """The frontier (recipes.FRONTIER) as one sweep: each recipe a point with its own seeds (or `seeds` for all),
     `only` some of them; as run() otherwise."""
-    from .config import frontier
+    from .recipes import frontier
 
     try:
         points = frontier(limit_train=limit_train, device=device)

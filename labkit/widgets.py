@@ -21,7 +21,8 @@ from ipywidgets.widgets.trait_types import bytes_serialization
 from PIL import Image
 
 from . import plots  # imported here, on the kernel's thread (pyplot), not first in a training thread
-from .config import MODEL_NAMES, PACKAGE_DIR, display_path, recipe
+from .config import MODEL_NAMES, PACKAGE_DIR, display_path
+from .recipes import recipe
 from .preprocess import as_viewed
 from .progress import number_text  # a diverged run's nulls print as "nan"
 

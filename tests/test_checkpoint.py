@@ -12,7 +12,8 @@ import torch
 
 from labkit.checkpoint import CheckpointError, load_checkpoint, read, save_checkpoint
 from labkit.predict import input_gradients, predict_proba
-from labkit.config import WEIGHTS_DIR, recipe
+from labkit.config import WEIGHTS_DIR
+from labkit.recipes import recipe
 from labkit.models import build_model
 
 

@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-from labkit.config import (DEVICES, MODEL_NAMES, PRECISIONS, RECIPES, SCHEDULES, ConfigError, TrainConfig, recipe)
+from labkit.config import DEVICES, MODEL_NAMES, PRECISIONS, SCHEDULES, ConfigError, TrainConfig
+from labkit.recipes import RECIPES, recipe
 from labkit.device import DeviceError, resolve_device, resolve_precision
 from labkit.models import MODELS
 
@@ -74,7 +75,7 @@ def test_choice_lists_are_the_ones_the_cli_offers():
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     choices = {a.dest: tuple(a.choices) for a in train._actions if a.choices}
-    from labkit.config import RECIPE_NAMES
+    from labkit.recipes import RECIPE_NAMES
 
     assert choices == {"model": RECIPE_NAMES, "device": DEVICES, "precision": PRECISIONS}
     assert SCHEDULES == ("constant", "onecycle", "step")
@@ -142,7 +143,7 @@ def test_a_learning_rate_beyond_float32_is_refused():
 
 
 def test_the_ladder_climbs_from_the_report_to_the_improved_recipe_one_change_per_rung():
-    from labkit.config import LADDER, LADDER_BRANCHES, ladder
+    from labkit.recipes import LADDER, LADDER_BRANCHES, ladder
 
     rungs = ladder()
     assert list(rungs) == [name for name, *_ in LADDER] + [name for name, *_ in LADDER_BRANCHES]
@@ -158,7 +159,7 @@ def test_the_ladder_climbs_from_the_report_to_the_improved_recipe_one_change_per
 
 
 def test_the_best_recipe_is_the_improved_recipe_for_twenty_epochs():
-    from labkit.config import RECIPE_NAMES
+    from labkit.recipes import RECIPE_NAMES
 
     best = recipe("best")
     assert best == recipe("improved", epochs=20) and best.model == "improved"
@@ -168,7 +169,7 @@ def test_the_best_recipe_is_the_improved_recipe_for_twenty_epochs():
 
 
 def test_the_frontier_trains_every_recipe_at_one_precision_with_its_own_seeds():
-    from labkit.config import FRONTIER, frontier
+    from labkit.recipes import FRONTIER, frontier
     from labkit.grid import parse_seeds
 
     points = frontier()

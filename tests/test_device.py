@@ -11,7 +11,8 @@ import torch
 from labkit import device as dev
 from labkit.checkpoint import CheckpointError
 from labkit.predict import input_gradients
-from labkit.config import DEFAULT_CHECKPOINT, PROJECT_ROOT, recipe
+from labkit.config import DEFAULT_CHECKPOINT, PROJECT_ROOT
+from labkit.recipes import recipe
 from labkit.device import DeviceError, RunSetup
 from labkit.models import build_model, layer_table
 from labkit.predict import Predictor

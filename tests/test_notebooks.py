@@ -69,7 +69,7 @@ def test_notebook_05_retrains_its_grid_into_the_given_folder(tmp_path):
 
 
 def test_notebook_06_retrains_the_whole_ladder_and_its_checks_hold(tmp_path):
-    from labkit.config import ladder
+    from labkit.recipes import ladder
     from labkit.sweep import load_sweep
 
     nb = _run(tmp_path, "06_ablations", retrain=True, seeds="1-2", epochs=1, limit_train=500,

@@ -142,7 +142,7 @@ FSIZE_WRITER = textwrap.dedent("""
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
     import torch
     from labkit.checkpoint import save_checkpoint
-    from labkit.config import recipe
+    from labkit.recipes import recipe
     from labkit.models import build_model
     from labkit.records import WriteError
     try:
@@ -166,7 +166,7 @@ def test_a_full_disk_is_one_line_and_leaves_the_old_file_and_no_temporary(tmp_pa
     import torch
 
     from labkit.checkpoint import read, save_checkpoint
-    from labkit.config import recipe
+    from labkit.recipes import recipe
     from labkit.models import build_model
 
     disk = tmp_path / "disk"

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from labkit.config import recipe
+from labkit.recipes import recipe
 from labkit.progress import Progress
 from labkit.runfolder import FolderBusy, RunFolder, RunFolderError, fresh_dir, protocol_name, runs_dir
 from labkit.train import train_runs

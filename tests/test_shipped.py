@@ -75,7 +75,7 @@ def test_shipped_sweeps_match_their_manifest_and_their_probabilities(name):
 
 
 def test_the_ladders_learning_rates_are_the_lowest_training_loss_of_their_shipped_grids():
-    from labkit.config import LADDER_LR_NORMALIZED, LADDER_LR_RAW
+    from labkit.recipes import LADDER_LR_NORMALIZED, LADDER_LR_RAW
     from labkit.grid import point_rows
 
     for name, lr in (("lr-baseline-e5", LADDER_LR_RAW), ("lr-baseline-normalized-e5", LADDER_LR_NORMALIZED)):
@@ -84,7 +84,8 @@ def test_the_ladders_learning_rates_are_the_lowest_training_loss_of_their_shippe
 
 
 def test_the_shipped_ladder_is_the_ladder_labkit_defines():
-    from labkit.config import differing_fields, ladder
+    from labkit.config import differing_fields
+from labkit.recipes import ladder
 
     sweep = shipped.load_sweep("ladder-e5")["sweep"]
     defined = ladder()
@@ -95,7 +96,8 @@ def test_the_shipped_ladder_is_the_ladder_labkit_defines():
 
 
 def test_the_shipped_frontier_is_the_frontier_labkit_defines_and_best_ships_its_best_runs():
-    from labkit.config import differing_fields, frontier
+    from labkit.config import differing_fields
+from labkit.recipes import frontier
     from labkit.grid import parse_seeds
 
     sweep = shipped.load_sweep("frontier")["sweep"]

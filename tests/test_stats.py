@@ -8,7 +8,7 @@ import pytest
 import scipy.stats as ss
 
 from labkit import stats as S
-from labkit.config import REPORT_TABLE
+from labkit.recipes import REPORT_TABLE
 from labkit.stats import TABLE_HEADER, accuracy_stats, format_table, summarize, table_rows
 
 DFS = [1, 2, 3, 4, 5, 7, 10, 30, 100, 1000, 10000, 1.5, 12.25]

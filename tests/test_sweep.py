@@ -16,7 +16,7 @@ import torch
 import helpers
 from labkit import grid, sweep
 from labkit.cli import main as cli_main
-from labkit.config import recipe
+from labkit.recipes import recipe
 
 pytest.importorskip("ray.tune")  # the `sweep` extra (installed by `make test`)
 
@@ -403,7 +403,7 @@ def test_frontier_rows_summarise_each_recipe_and_the_figure_draws_them():
     import numpy as np
 
     from labkit import plots
-    from labkit.config import PUBLISHED
+    from labkit.recipes import PUBLISHED
     from labkit.models import build_model, count_parameters
     from labkit.stats import mean_interval
 
@@ -453,7 +453,7 @@ def test_the_frontier_sweep_trains_the_chosen_points_and_ships_one_as_a_protocol
     import numpy as np
 
     from labkit import shipped
-    from labkit.config import frontier
+    from labkit.recipes import frontier
     from labkit.data import load_mnist
 
     out = tmp_path / "frontier"

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from labkit.checkpoint import load_checkpoint
 from labkit.predict import predict_proba
-from labkit.config import recipe
+from labkit.recipes import recipe
 from labkit.data import to_input
 from labkit.models import BaselineCNN, build_model
 from labkit.progress import Progress

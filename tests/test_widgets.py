@@ -19,7 +19,8 @@ from PIL import Image
 
 import labkit.predict
 from helpers import drawing_png
-from labkit.config import CUSTOM_DIR, PACKAGE_DIR, PROJECT_ROOT, recipe
+from labkit.config import CUSTOM_DIR, PACKAGE_DIR, PROJECT_ROOT
+from labkit.recipes import recipe
 from labkit.data import load_mnist
 from labkit.widgets import DrawPad, PredictPanel, TrainPanel, uploaded_files
 
