@@ -12,8 +12,7 @@ import torch.nn.functional as F
 
 from labkit import train as train_module
 from labkit.config import OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, comparable, differing_fields
-from labkit.recipes import RECIPES
-                           recipe)
+from labkit.recipes import RECIPES, recipe
 from labkit.models import DeotteCNN, ExamplesCNN, KerasCNN, build_model, count_parameters
 
 PEERS = ("examples", "keras", "deotte")

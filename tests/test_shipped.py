@@ -85,7 +85,7 @@ def test_the_ladders_learning_rates_are_the_lowest_training_loss_of_their_shippe
 
 def test_the_shipped_ladder_is_the_ladder_labkit_defines():
     from labkit.config import differing_fields
-from labkit.recipes import ladder
+    from labkit.recipes import ladder
 
     sweep = shipped.load_sweep("ladder-e5")["sweep"]
     defined = ladder()
@@ -97,7 +97,7 @@ from labkit.recipes import ladder
 
 def test_the_shipped_frontier_is_the_frontier_labkit_defines_and_best_ships_its_best_runs():
     from labkit.config import differing_fields
-from labkit.recipes import frontier
+    from labkit.recipes import frontier
     from labkit.grid import parse_seeds
 
     sweep = shipped.load_sweep("frontier")["sweep"]
